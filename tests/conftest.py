@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Split files and other caches go to a temporary folder, never to ~/.cache."""
+    monkeypatch.setenv("WSLBENCH_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory) -> Path:
+    """The digits-resnet18 `tiny` zoo, built once per test session by the real builder."""
+    from zoo_builder.build import build_zoo
+    from zoo_builder.specs import SPECS
+
+    spec = SPECS.get("digits-resnet18").with_preset("tiny")
+    return build_zoo(spec, tmp_path_factory.mktemp("tiny_zoo"), progress=False)

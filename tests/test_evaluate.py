@@ -1,0 +1,146 @@
+"""Tasks, splits, the predictor interface, `wslbench evaluate` and the linear probe."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from helpers import write_published_zoo, write_synthetic_zoo
+from wslbench.cli import main as wslbench_main
+from wslbench.evaluate import evaluate
+from wslbench.predictor import load_predictor_class
+from wslbench.splits import SPLITS, Split, make_split, resolve_split
+from wslbench.tasks import TASKS
+from wslbench.zoo import Zoo
+
+
+def test_split_keeps_grid_points_together_and_is_deterministic(tmp_path):
+    zoo = Zoo.open(write_synthetic_zoo(tmp_path / "zoo", n_points=20, seeds=(0, 1, 2)))
+    split = make_split(zoo, SPLITS.get("iid"))
+    assert split == make_split(Zoo.open(zoo.root), SPLITS.get("iid"))
+    assert split.sizes() == {"train": 42, "val": 9, "test": 9}  # 14 / 3 / 3 grid points
+    names = [n for part in ("train", "val", "test") for n in split.part(part)]
+    assert sorted(names) == sorted(m.name for m in zoo.models)  # a partition
+    side = {n: part for part in ("train", "val", "test") for n in split.part(part)}
+    for point in {m.grid_point for m in zoo.models}:
+        assert len({side[m.name] for m in zoo.models if m.grid_point == point}) == 1
+
+
+def test_split_file_round_trip_and_tamper_check(tmp_path):
+    zoo = Zoo.open(write_synthetic_zoo(tmp_path / "zoo", n_points=6))
+    split, path = resolve_split(zoo, "iid")
+    assert path.is_file() and Split.load(path) == split
+    assert resolve_split(zoo, str(path))[0].sha256 == split.sha256
+    data = json.loads(path.read_text())
+    data["test"], data["train"] = data["train"], data["test"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="does not match its sha256"):
+        Split.load(path)
+
+
+def test_split_file_of_another_zoo_is_refused(tmp_path):
+    first = Zoo.open(write_synthetic_zoo(tmp_path / "a", n_points=6))
+    second = Zoo.open(write_published_zoo(tmp_path / "b"))
+    _, path = resolve_split(first, "iid")
+    with pytest.raises(ValueError, match="was made for zoo revision"):
+        resolve_split(second, str(path))
+
+
+def test_task_targets():
+    from wslbench.zoo import ModelRecord
+
+    model = ModelRecord("m", None, {}, [{"train_acc": 0.5, "test_acc": 0.4},
+                                        {"train_acc": 0.9, "test_acc": 0.7}], (1,))
+    assert TASKS.get("test_acc").target(model) == 0.7
+    assert TASKS.get("ggap").target(model) == pytest.approx(0.2)
+    assert np.isnan(TASKS.get("test_acc").target(ModelRecord("n", None, {}, [], ())))
+    with pytest.raises(KeyError, match="did you mean 'ggap'"):
+        TASKS.get("gap")
+
+
+def test_linear_probe_recovers_a_known_function_of_the_weights(tmp_path):
+    """test_acc = max of the fc weights + mean of the stem's: linear in two of the features."""
+    zoo = Zoo.open(write_synthetic_zoo(
+        tmp_path / "zoo", n_points=60, seeds=(0,),
+        target=lambda state: float(state["fc.weight"].max() + 0.5 * state["conv1.weight"].mean())))
+    split = make_split(zoo, SPLITS.get("iid"))
+    result = evaluate(load_predictor_class("linear-probe"), TASKS.get("test_acc"), zoo, split)
+    assert result.scores["r2"]["mean"] > 0.9
+    assert result.scores["kendall_tau"]["mean"] > 0.8
+
+
+def test_evaluate_records_predictions_and_provenance(tmp_path, tiny_zoo):
+    zoo = Zoo.open(tiny_zoo)
+    split, _ = resolve_split(zoo, "iid")
+    result = evaluate(load_predictor_class("linear-probe"), TASKS.get("ggap"), zoo, split,
+                      seeds=(0, 1)).to_json()
+    assert result["task"] == {"name": "ggap", "version": 1, "main_score": "r2"}
+    assert result["zoo"]["revision"] == zoo.revision == zoo.manifest.content_hash()
+    assert result["split"]["sha256"] == split.sha256
+    assert set(result["predictions"]) == {"0", "1"}
+    assert set(result["predictions"]["0"]) == set(split.test)
+    assert len(result["scores"]["r2"]["per_seed"]) == 2
+    for key in ("package_version", "git_hash", "python", "torch", "hardware", "wall_time_s"):
+        assert key in result["provenance"]
+    json.dumps(result)  # numbers as numbers, all serializable
+
+
+USER_PREDICTOR = textwrap.dedent('''
+    import numpy as np
+
+    class MeanOfTrain:
+        """Predicts the mean training target; checks it never sees test targets."""
+
+        def fit(self, train, train_targets, val, val_targets):
+            assert len(train) == len(train_targets)
+            self.mean = float(np.mean(train_targets))
+
+        def predict(self, models):
+            for model in models:
+                assert model.hyperparameters is None and model.state_dict()
+            return np.full(len(models), self.mean)
+''')
+
+
+def test_cli_evaluates_a_user_predictor_from_a_file(tmp_path, tiny_zoo, capsys):
+    source = tmp_path / "my_model.py"
+    source.write_text(USER_PREDICTOR)
+    out = tmp_path / "result.json"
+    code = wslbench_main(["evaluate", f"{source}:MeanOfTrain", "--task", "test_acc",
+                          "--zoo", str(tiny_zoo), "--seeds", "0", "--output", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "r2" in printed and "kendall_tau" in printed
+    result = json.loads(out.read_text())
+    assert result["predictor"]["class"].endswith(":MeanOfTrain")
+    assert result["scores"]["r2"]["mean"] <= 0  # a constant has no skill
+
+
+def test_cli_evaluates_a_module_path_and_reports_errors(tiny_zoo, capsys):
+    assert wslbench_main(["evaluate", "baselines.linear_probe:LinearProbe", "--task", "ggap",
+                          "--zoo", str(tiny_zoo), "--seeds", "0"]) == 0
+    assert wslbench_main(["evaluate", "linear-prob", "--task", "ggap", "--zoo",
+                          str(tiny_zoo)]) == 2
+    assert "did you mean 'linear-probe'" in capsys.readouterr().err
+    assert wslbench_main(["evaluate", "linear-probe", "--task", "ggap", "--zoo",
+                          str(tiny_zoo / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_console_scripts_list_what_exists():
+    listing = subprocess.run(["wslbench", "ls"], capture_output=True, text=True, check=True).stdout
+    for name in ("test_acc", "ggap", "iid", "linear-probe"):
+        assert name in listing
+    specs = subprocess.run(["zoo-builder", "ls"], capture_output=True, text=True,
+                           check=True).stdout
+    assert "digits-resnet18" in specs and "mini: 75" in specs
+    # wslbench does not import zoo_builder or the baselines to list things.
+    probe = "import sys, wslbench.cli; print(any(m.startswith(('zoo_builder', 'baselines')) " \
+            "for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

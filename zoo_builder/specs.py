@@ -1,0 +1,152 @@
+"""Zoo specs: a zoo described as data (model, data, fixed hyperparameters, grid, presets).
+
+A spec names a load axis (the model's capacity, e.g. ResNet width) and a temperature axis
+(the noise of training, e.g. batch size); the zoo trains every load x temperature x seed.
+Presets swap in smaller grids or fewer epochs under the same name, e.g. ``tiny`` for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from wslbench.registry import Registry
+from wslbench.zoo_format import flatten_params
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of the grid: the params.json key it sets and its values in paper order."""
+
+    key: str
+    label: str
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named variant of a spec's grid and schedule; fields left as None keep the spec's."""
+
+    description: str
+    load_values: tuple[Any, ...] | None = None
+    temperature_values: tuple[Any, ...] | None = None
+    seeds: tuple[int, ...] | None = None
+    epochs: int | None = None
+    checkpoint_epochs: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    name: str
+    version: int
+    description: str
+    dataset: str
+    model: dict[str, Any]
+    optim: dict[str, Any]
+    augment: dict[str, Any]
+    load: Axis
+    temperature: Axis
+    seeds: tuple[int, ...]
+    epochs: int
+    checkpoint_epochs: tuple[int, ...]
+    presets: dict[str, Preset] = field(default_factory=dict)
+    preset: str = "default"
+
+    def with_preset(self, name: str) -> "ZooSpec":
+        """The spec with preset ``name`` applied (``default`` is the spec itself)."""
+        if name == "default":
+            return self
+        if name not in self.presets:
+            raise ValueError(
+                f"spec '{self.name}' has no preset '{name}'; presets: "
+                f"{['default', *sorted(self.presets)]}"
+            )
+        preset = self.presets[name]
+        return dataclasses.replace(
+            self,
+            preset=name,
+            load=dataclasses.replace(self.load, values=preset.load_values or self.load.values),
+            temperature=dataclasses.replace(
+                self.temperature, values=preset.temperature_values or self.temperature.values),
+            seeds=preset.seeds or self.seeds,
+            epochs=preset.epochs or self.epochs,
+            checkpoint_epochs=preset.checkpoint_epochs or self.checkpoint_epochs,
+        )
+
+    @property
+    def saved_epochs(self) -> tuple[int, ...]:
+        """Epochs with a checkpoint: the asked ones within range, always the first and last."""
+        return tuple(sorted({0, self.epochs, *(e for e in self.checkpoint_epochs
+                                               if 0 <= e <= self.epochs)}))
+
+    @property
+    def grid(self) -> dict[str, list[Any]]:
+        return {self.load.key: list(self.load.values),
+                self.temperature.key: list(self.temperature.values), "seed": list(self.seeds)}
+
+    def trials(self) -> list["TrialPlan"]:
+        """Every model of the zoo, in a fixed order: load, then temperature, then seed."""
+        points = itertools.product(self.load.values, self.temperature.values, self.seeds)
+        return [TrialPlan(index, self._params(load, temperature, seed))
+                for index, (load, temperature, seed) in enumerate(points)]
+
+    def _params(self, load: Any, temperature: Any, seed: int) -> dict[str, Any]:
+        nested = {
+            "model": dict(self.model),
+            "optim": dict(self.optim),
+            "training": {"epochs_train": self.epochs,
+                         "checkpoint_epochs": list(self.saved_epochs)},
+            "augment": dict(self.augment),
+            "dataset": {"name": self.dataset},
+            "seed": seed,
+        }
+        params = flatten_params(nested)
+        params[self.load.key] = load
+        params[self.temperature.key] = temperature
+        return params
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """One model to train: its index in the grid and its flat params.json."""
+
+    index: int
+    params: dict[str, Any]
+
+    def folder_name(self, zoo_id: str) -> str:
+        """A Ray-Tune-style trial folder name, stable across runs so that a build can resume."""
+        short = {"model::width": "model_width", "optim::lr": "optim_lr", "optim::wd": "optim_wd",
+                 "seed": "seed", "training::batchsize": "training_batchsize"}
+        tags = ",".join(f"{tag}={self.params[key]}" for key, tag in short.items()
+                        if key in self.params)
+        return f"NN_tune_trainable_{zoo_id}_{self.index:05d}_{self.index}_{tags}"
+
+
+SPECS: Registry[ZooSpec] = Registry("zoo spec")
+
+SPECS.register("digits-resnet18", ZooSpec(
+    name="digits-resnet18",
+    version=1,
+    description="ResNet-18 on sklearn's 8x8 digits: the embedded default vision zoo",
+    dataset="digits",
+    model={"type": "resnet18", "o_dim": 10, "channels_in": 1, "init_type": "kaiming_uniform"},
+    optim={"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "wd": 5e-4, "scheduler": "onecycle"},
+    # Digits are 8x8: a 1-pixel crop pad is the 4/32 of CIFAR scaled down. No flip: a mirrored
+    # 2 or 5 is a different glyph, so flipping would add label noise, not invariance.
+    augment={"crop_padding": 1, "horizontal_flip": False, "rotation_degrees": 10.0},
+    load=Axis("model::width", "width", (1, 2, 4, 8, 16)),
+    temperature=Axis("training::batchsize", "batch size", (8, 32, 128, 512)),
+    seeds=(0, 1, 2),
+    epochs=30,
+    checkpoint_epochs=(5, 10, 20),
+    presets={
+        "tiny": Preset("12 models x 2 epochs, for tests (seconds)",
+                       load_values=(1, 2, 4), temperature_values=(64, 512), seeds=(0, 1),
+                       epochs=2, checkpoint_epochs=(1,)),
+        "mini": Preset("the quickstart zoo: 5 widths x 5 batch sizes x 3 seeds (minutes)",
+                       load_values=(1, 2, 4, 8, 16), temperature_values=(16, 32, 64, 256, 512),
+                       epochs=20, checkpoint_epochs=(5, 10, 15)),
+    },
+))
