@@ -150,3 +150,33 @@ def test_failed_trial_is_reported_not_dropped(tmp_path, monkeypatch):
         build_zoo(TINY, tmp_path / "zoo", progress=False)
     assert "out of memory" in str(err.value) and "train.log" in str(err.value)
     assert not (tmp_path / "zoo" / fmt.MANIFEST_FILE).exists()
+
+
+@pytest.mark.slow
+def test_mini_zoo_spans_underfitting_to_interpolation(tmp_path):
+    """The quickstart zoo is a real population (about 4 minutes on 2 cores)."""
+    spec = SPECS.get("digits-resnet18").with_preset("mini")
+    zoo = assert_complete_zoo(build_zoo(spec, tmp_path / "mini", workers=2, progress=False),
+                              spec)
+    final = [(m.metric("train_loss"), m.metric("train_acc"), m.metric("test_acc"))
+             for m in zoo.models]
+    train_loss, train_acc, test_acc = zip(*final)
+    assert min(train_loss) < 0.05 and max(train_loss) > 1.5
+    assert max(train_acc) > 0.99 and min(train_acc) < 0.3
+    assert max(test_acc) > 0.95 and min(test_acc) < 0.3
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_gives_cpu_loadable_checkpoints(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.fail("the gpu marker needs a CUDA device")
+    from zoo_builder.train import train_trial
+
+    params = dict(TINY.trials()[0].params)
+    train_trial(params, tmp_path, device="cuda")
+    results = fmt.read_results(tmp_path)
+    assert len(results) == TINY.epochs + 1
+    assert all(r["train_loss"] is not None for r in results)
+    weights = fmt.load_state_dict(tmp_path, TINY.epochs)
+    assert all(t.device.type == "cpu" for t in weights.values())
+    build_model(fmt.read_checkpoint_model_args(tmp_path, TINY.epochs)).load_state_dict(weights)

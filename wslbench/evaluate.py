@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import random
@@ -76,7 +77,8 @@ def samples(zoo_models: Sequence[ModelRecord], task: Task) -> list[ModelSample]:
         out.append(ModelSample(
             name=model.name, epoch=epoch, model_args=model.model_args,
             hyperparameters=model.hyperparameters if task.sees_hyperparameters else None,
-            _load=lambda m=model, e=epoch: m.state_dict(e),
+            # Only the checkpoint's path travels with the sample: no route back to the targets.
+            _load=functools.partial(fmt.load_state_dict, model.path, epoch),
         ))
     return out
 

@@ -5,7 +5,9 @@ annealing (max_lr = lr), cross-entropy, augmentation by random crop, flip and ro
 data stay on the device as tensors; each batch is augmented in one batched call (no
 DataLoader, no per-sample Python). Train and test loss/accuracy are measured in eval mode on
 the clean train and test sets before training (epoch 0) and after every epoch; line n of
-result.json is epoch n. Checkpoints are saved at the spec's epochs (always the first and last).
+result.json is epoch n; each line also records ``time_this_iter_s`` (the epoch's training
+steps) and ``time_eval_s`` (measuring the four metrics). Checkpoints are saved at the spec's
+epochs (always the first and last).
 
 :func:`train_trial` is what every executor runs for one model (see zoo_builder.build).
 """
@@ -97,8 +99,10 @@ def train_trial(
     hashes: dict[str, str] = {}
 
     def finish_epoch(epoch: int, seconds: float) -> None:
-        rows.append({**epoch_metrics(model, data, epoch), "time_this_iter_s": seconds,
-                     "lr": scheduler.get_last_lr()[0]})
+        started = time.perf_counter()
+        metrics = epoch_metrics(model, data, epoch)
+        rows.append({**metrics, "time_this_iter_s": seconds,
+                     "time_eval_s": time.perf_counter() - started, "lr": scheduler.get_last_lr()[0]})
         fmt.write_results(trial_dir, rows)
         if epoch in saved_epochs:
             hashes.update(fmt.save_checkpoint(trial_dir, epoch, model.state_dict(), model_args))
