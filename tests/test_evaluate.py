@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,11 +133,17 @@ def test_cli_evaluates_a_module_path_and_reports_errors(tiny_zoo, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def _console_script(name: str) -> str:
+    """The installed entry point beside this interpreter (the venv's bin/), activated or not."""
+    return str(Path(sys.executable).with_name(name))
+
+
 def test_console_scripts_list_what_exists():
-    listing = subprocess.run(["wslbench", "ls"], capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run([_console_script("wslbench"), "ls"], capture_output=True, text=True,
+                             check=True).stdout
     for name in ("test_acc", "ggap", "iid", "linear-probe"):
         assert name in listing
-    specs = subprocess.run(["zoo-builder", "ls"], capture_output=True, text=True,
+    specs = subprocess.run([_console_script("zoo-builder"), "ls"], capture_output=True, text=True,
                            check=True).stdout
     assert "digits-resnet18" in specs and "mini: 75" in specs
     # wslbench does not import zoo_builder or the baselines to list things.

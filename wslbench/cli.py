@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
 
+from wslbench.commands import run_command
 from wslbench.predictor import PREDICTORS
 from wslbench.splits import SPLITS
 from wslbench.tasks import TASKS
@@ -105,16 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.run(args)
-    except (ValueError, KeyError, ImportError, FileNotFoundError) as err:
-        if args.verbose:
-            raise
-        print(f"wslbench {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ atomic (temporary file, fsync, rename), and checkpoints load only through safete
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -244,8 +245,6 @@ def save_checkpoint(
 
 
 def _torch_bytes(obj: Any) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
@@ -472,8 +471,6 @@ def summary_frame(rows: list[dict[str, Any]]):
 
 def write_summary(root: Path, frame) -> None:
     """Write a summary DataFrame as summary.csv and summary.parquet, each atomically."""
-    import io
-
     atomic_write_bytes(Path(root) / SUMMARY_CSV, frame.to_csv(index=False).encode())
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from wslbench.commands import run_command
 from zoo_builder.specs import SPECS, ZooSpec
 
 
@@ -75,16 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.run(args)
-    except (ValueError, KeyError, RuntimeError) as err:
-        if args.verbose:
-            raise
-        print(f"zoo-builder {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,25 @@
+"""What both console scripts share: logging set-up and one-line errors for expected failures."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+#: Failures a user can fix from the message alone: printed in one line, exit status 2.
+#: ``-v`` shows the traceback instead.
+USER_ERRORS = (ValueError, KeyError, ImportError, FileNotFoundError, RuntimeError)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` and run the chosen subcommand (its ``run`` default)."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except USER_ERRORS as err:
+        if args.verbose:
+            raise
+        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
+        return 2
