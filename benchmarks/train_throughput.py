@@ -45,7 +45,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from wslbench.zoo_format import read_results
+from wslbench.zoo_format import params_section, read_results
 from zoo_builder.data import ImageData
 from zoo_builder.data.digits import load_digits
 from zoo_builder.models import build_model
@@ -139,10 +139,8 @@ def reference_epoch_seconds(params: dict[str, Any], data: ImageData
                             ) -> list[tuple[float, float]]:
     """(training, evaluation) seconds of epochs 2..N of a plain Dataset/DataLoader loop."""
     torch.manual_seed(int(params["seed"]))
-    model_args = {k.split("::", 1)[1]: v for k, v in params.items() if k.startswith("model::")}
-    model = build_model(model_args)
-    augment = {k.split("::", 1)[1]: v for k, v in params.items() if k.startswith("augment::")}
-    dataset = AugmentedDigits(data, **augment)
+    model = build_model(params_section(params, "model"))
+    dataset = AugmentedDigits(data, **params_section(params, "augment"))
     epochs, batch_size = int(params["training::epochs_train"]), int(params["training::batchsize"])
     # Full batches only, as the zoo trainer does (a tiny last batch derails BatchNorm).
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0,

@@ -47,7 +47,7 @@ class ModelRecord:
     @property
     def model_args(self) -> dict[str, Any]:
         """Architecture arguments: the ``model::`` entries of params.json."""
-        return {k.split("::", 1)[1]: v for k, v in self.params.items() if k.startswith("model::")}
+        return fmt.params_section(self.params, "model")
 
     @property
     def hyperparameters(self) -> dict[str, Any]:

@@ -127,6 +127,12 @@ def flatten_params(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any
     return flat
 
 
+def params_section(params: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """The entries of one section of flat params: ``("model::width": 8) -> {"width": 8}``."""
+    prefix = f"{section}::"
+    return {key[len(prefix):]: value for key, value in params.items() if key.startswith(prefix)}
+
+
 def write_params(trial_dir: Path, params: Mapping[str, Any]) -> None:
     atomic_write_json(Path(trial_dir) / PARAMS_FILE, dict(params))
 

@@ -78,10 +78,9 @@ def train_trial(
         data = load_dataset(params["dataset::name"])
     data = data.to(device)
 
-    model_args = {k.split("::", 1)[1]: v for k, v in params.items() if k.startswith("model::")}
+    model_args = fmt.params_section(params, "model")
     model = build_model(model_args).to(device)
-    augment = Augmentation(**{k.split("::", 1)[1]: v for k, v in params.items()
-                              if k.startswith("augment::")})
+    augment = Augmentation(**fmt.params_section(params, "augment"))
     epochs, batch_size = int(params["training::epochs_train"]), int(params["training::batchsize"])
     saved_epochs = set(params["training::checkpoint_epochs"]) | {0, epochs}
     # Every step sees a full batch; the remainder of the shuffled epoch is dropped (a last
