@@ -1,8 +1,10 @@
-"""``linear-probe``: the paper's Table 1 protocol, a ridge regression on weight statistics.
+"""``linear-probe``: the paper's Table 1 protocol, a linear model on weight statistics.
 
-Features are standardized on the training models; the ridge penalty is chosen from a log grid
-by the validation models' squared error (the same choice as by validation R², and defined
-even for a single validation model).
+Features are standardized on the training models. For regression targets a ridge regression,
+its penalty chosen from a log grid by the validation models' squared error (the same choice
+as by validation R², and defined even for a single validation model). For classification
+targets (strings, e.g. phases) a multinomial logistic regression, its inverse penalty chosen
+by validation macro-F1. The chosen model is the one fit on the training models alone.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from wslbench.predictor import ModelSample, Predictor
 ALPHAS = tuple(np.logspace(-3, 4, 15))
 
 
+def is_classification(targets: np.ndarray) -> bool:
+    return np.asarray(targets).dtype.kind in "OUS"
+
+
 class LinearProbe(Predictor):
     name = "linear-probe"
 
@@ -26,24 +32,37 @@ class LinearProbe(Predictor):
         self.alpha: float | None = None
         self.model = None
 
-    def _make(self, alpha: float):
-        from sklearn.linear_model import Ridge
+    def _candidates(self, classification: bool):
+        from sklearn.linear_model import LogisticRegression, Ridge
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        return make_pipeline(StandardScaler(), Ridge(alpha=alpha))
+        for alpha in self.alphas:
+            head = (LogisticRegression(C=1.0 / alpha, max_iter=2000) if classification
+                    else Ridge(alpha=alpha))
+            yield alpha, make_pipeline(StandardScaler(), head)
 
     def fit(self, train, train_targets, val, val_targets) -> None:
-        from sklearn.metrics import mean_squared_error
+        from sklearn.dummy import DummyClassifier
+        from sklearn.metrics import f1_score, mean_squared_error
 
         x_train, _ = featurize(train)
         x_val, _ = featurize(val)
+        classification = is_classification(train_targets)
+        if classification:
+            train_targets = np.asarray(train_targets, dtype=str)
+            val_targets = np.asarray(val_targets, dtype=str)
+            if len(set(train_targets)) < 2:  # one class seen: nothing to separate
+                self.alpha, self.model = None, DummyClassifier().fit(x_train, train_targets)
+                return
         best = None
-        for alpha in self.alphas:
-            model = self._make(alpha).fit(x_train, train_targets)
-            error = mean_squared_error(val_targets, model.predict(x_val))
-            if best is None or error < best[0]:
-                best = (error, alpha, model)
+        for alpha, model in self._candidates(classification):
+            model.fit(x_train, train_targets)
+            predicted = model.predict(x_val)
+            loss = (-f1_score(val_targets, predicted, average="macro", zero_division=0)
+                    if classification else mean_squared_error(val_targets, predicted))
+            if best is None or loss < best[0]:
+                best = (loss, alpha, model)
         _, self.alpha, self.model = best
 
     def predict(self, models: Sequence[ModelSample]) -> np.ndarray:

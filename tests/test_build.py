@@ -132,7 +132,7 @@ def test_concurrent_build_is_refused(tmp_path):
     out.mkdir()
     with open(out / ".build.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        with pytest.raises(BuildError, match="another build is running"):
+        with pytest.raises(BuildError, match="another build or annotation is running"):
             build_zoo(TINY, out, progress=False)
 
 

@@ -80,7 +80,8 @@ def test_evaluate_records_predictions_and_provenance(tmp_path, tiny_zoo):
     split, _ = resolve_split(zoo, "iid")
     result = evaluate(load_predictor_class("linear-probe"), TASKS.get("ggap"), zoo, split,
                       seeds=(0, 1)).to_json()
-    assert result["task"] == {"name": "ggap", "version": 1, "main_score": "r2"}
+    assert result["task"] == {"name": "ggap", "version": 1, "kind": "regression",
+                              "main_score": "r2"}
     assert result["zoo"]["revision"] == zoo.revision == zoo.manifest.content_hash()
     assert result["split"]["sha256"] == split.sha256
     assert set(result["predictions"]) == {"0", "1"}

@@ -35,11 +35,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def format_scores(rows: list[tuple[str, str, dict]]) -> str:
     """A text table: predictor, task, then mean ± std of each score."""
     names = sorted({score for _, _, scores in rows for score in scores})
-    header = f"{'model':<16} {'task':<10} " + " ".join(f"{n:>17}" for n in names)
+    header = f"{'model':<16} {'task':<18} " + " ".join(f"{n:>17}" for n in names)
     lines = [header, "-" * len(header)]
     for model, task, scores in rows:
-        cells = " ".join(f"{scores[n]['mean']:>8.3f} ± {scores[n]['std']:<6.3f}" for n in names)
-        lines.append(f"{model:<16} {task:<10} {cells}")
+        cells = " ".join(f"{scores[n]['mean']:>8.3f} ± {scores[n]['std']:<6.3f}" if n in scores
+                         else f"{'':>17}" for n in names)
+        lines.append(f"{model:<16} {task:<18} {cells}")
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ import wslbench
 from wslbench import zoo_format as fmt
 from wslbench.predictor import ModelSample, instantiate
 from wslbench.splits import Split
-from wslbench.tasks import Score, Task
+from wslbench.tasks import Score, Task, TaskKind
 from wslbench.zoo import ModelRecord, Zoo
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,14 @@ RESULT_SCHEMA_VERSION = 1
 
 
 def score(name: Score, targets: np.ndarray, predictions: np.ndarray) -> float:
-    """R² or Kendall tau of predictions against targets (NaN when undefined)."""
+    """A score of predictions against targets (NaN when undefined)."""
+    if name is Score.ACCURACY:
+        return float(np.mean([str(t) == str(p) for t, p in zip(targets, predictions)]))
+    if name is Score.MACRO_F1:
+        from sklearn.metrics import f1_score
+
+        return float(f1_score([str(t) for t in targets], [str(p) for p in predictions],
+                              average="macro", zero_division=0))
     if len(targets) < 2:
         return float("nan")
     if name is Score.R2:
@@ -64,16 +71,16 @@ class EvaluationResult:
 
 
 def samples(zoo_models: Sequence[ModelRecord], task: Task) -> list[ModelSample]:
-    """What a predictor may see of each model: its weights at the task's epoch (the final
-    one), its architecture arguments, and its hyperparameters where the task allows them."""
+    """What a predictor may see of each model: its weights at the task's epoch, its
+    architecture arguments, and its hyperparameters where the task allows them."""
     out = []
     for model in zoo_models:
-        epoch = model.last_epoch
+        epoch = task.epoch_of(model)
         if epoch not in model.checkpoint_epochs:
             raise fmt.ZooFormatError(
-                f"model '{model.path}' has no checkpoint at its final epoch {epoch} (checkpoints "
-                f"at {list(model.checkpoint_epochs) or 'none'}); task '{task.name}' predicts "
-                "from the final weights")
+                f"model '{model.path}' has no checkpoint at epoch {epoch}, where task "
+                f"'{task.name}' takes its target (checkpoints at "
+                f"{list(model.checkpoint_epochs) or 'none'})")
         out.append(ModelSample(
             name=model.name, epoch=epoch, model_args=model.model_args,
             hyperparameters=model.hyperparameters if task.sees_hyperparameters else None,
@@ -92,7 +99,7 @@ def evaluate(predictor_class: type, task: Task, zoo: Zoo, split: Split,
     for part in ("train", "val", "test"):
         models = [by_name[name] for name in split.part(part)]
         targets = task.targets(models)
-        keep = ~np.isnan(targets)
+        keep = task.has_target(targets)
         if not keep.all():
             log.warning("%s: %d %s models have no %s target and are left out", zoo.name,
                         int((~keep).sum()), part, task.name)
@@ -111,11 +118,14 @@ def evaluate(predictor_class: type, task: Task, zoo: Zoo, split: Split,
         torch.manual_seed(seed)
         predictor = instantiate(predictor_class, seed)
         predictor.fit(inputs["train"], parts["train"][1], inputs["val"], parts["val"][1])
-        predicted = np.asarray(predictor.predict(inputs["test"]), dtype=np.float64).reshape(-1)
+        predicted = np.asarray(predictor.predict(inputs["test"]),
+                               dtype=object if task.kind is TaskKind.CLASSIFICATION
+                               else np.float64).reshape(-1)
         if predicted.shape != test_targets.shape:
             raise ValueError(f"predict() returned {predicted.shape[0]} values for "
                              f"{len(test_targets)} test models")
-        predictions[str(seed)] = {s.name: float(v) for s, v in zip(inputs["test"], predicted)}
+        as_json = str if task.kind is TaskKind.CLASSIFICATION else float
+        predictions[str(seed)] = {s.name: as_json(v) for s, v in zip(inputs["test"], predicted)}
         for name in task.scores:
             per_seed[name.value].append(score(name, test_targets, predicted))
 
@@ -125,7 +135,8 @@ def evaluate(predictor_class: type, task: Task, zoo: Zoo, split: Split,
         predictor={"name": predictor_name or getattr(predictor_class, "name", None)
                    or predictor_class.__name__,
                    "class": f"{predictor_class.__module__}:{predictor_class.__qualname__}"},
-        task={"name": task.name, "version": task.version, "main_score": task.main_score.value},
+        task={"name": task.name, "version": task.version, "kind": task.kind.value,
+              "main_score": task.main_score.value},
         zoo={"name": zoo.name, "path": str(zoo.root), "revision": zoo.revision,
              "n_models": len(zoo)},
         split={"name": split.name, "version": split.version, "sha256": split.sha256,

@@ -1,4 +1,5 @@
-"""The quickstart: build (or reuse) the mini digits zoo, evaluate linear-probe on every task."""
+"""The quickstart: build, annotate (or reuse) the mini digits zoo; evaluate linear-probe on
+every task."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def run_quickstart(cache: str | Path | None = None, workers: int = 2,
     from wslbench.splits import resolve_split
     from wslbench.tasks import TASKS
     from wslbench.zoo import Zoo
+    from zoo_builder.annotate import annotate_zoo
     from zoo_builder.build import build_zoo  # the quickstart is the one place wslbench builds
     from zoo_builder.specs import SPECS
 
@@ -25,6 +27,7 @@ def run_quickstart(cache: str | Path | None = None, workers: int = 2,
     zoo_dir = root / "zoos" / f"{QUICKSTART_SPEC}-{QUICKSTART_PRESET}"
     spec = SPECS.get(QUICKSTART_SPEC).with_preset(QUICKSTART_PRESET)
     build_zoo(spec, zoo_dir, workers=workers)  # resumes; returns at once when finished
+    annotate_zoo(zoo_dir, workers=workers)  # skips what is stored
     zoo = Zoo.open(zoo_dir)
     print(f"zoo: {zoo_dir} ({len(zoo)} models)")
     split, _ = resolve_split(zoo, "iid")

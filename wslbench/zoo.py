@@ -30,6 +30,14 @@ class ModelRecord:
     results: list[dict[str, Any]] = field(repr=False)
     checkpoint_epochs: tuple[int, ...]
 
+    @classmethod
+    def read(cls, trial_dir: Path) -> "ModelRecord":
+        """Read one model folder (params, results, which checkpoints exist)."""
+        trial_dir = Path(trial_dir)
+        return cls(name=trial_dir.name, path=trial_dir, params=fmt.read_params(trial_dir),
+                   results=fmt.read_results(trial_dir),
+                   checkpoint_epochs=tuple(fmt.checkpoint_epochs(trial_dir)))
+
     @property
     def trial_id(self) -> str:
         return fmt.trial_id_from_name(self.name)
@@ -89,17 +97,7 @@ class Zoo:
         trial_dirs = fmt.find_trial_dirs(root)
         manifest = fmt.read_manifest(root)
         cls._check_complete(root, trial_dirs, manifest)
-        models = [
-            ModelRecord(
-                name=trial.name,
-                path=trial,
-                params=fmt.read_params(trial),
-                results=fmt.read_results(trial),
-                checkpoint_epochs=tuple(fmt.checkpoint_epochs(trial)),
-            )
-            for trial in trial_dirs
-        ]
-        return cls(root, models, manifest)
+        return cls(root, [ModelRecord.read(trial) for trial in trial_dirs], manifest)
 
     @staticmethod
     def _check_complete(root: Path, trial_dirs: list[Path], manifest: fmt.ZooManifest | None):

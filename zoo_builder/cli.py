@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from wslbench.commands import run_command
 from zoo_builder.specs import SPECS, ZooSpec
@@ -52,6 +53,40 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from zoo_builder.annotate import METRIC_GROUPS, AnnotationSettings, annotate_zoo
+
+    settings = AnnotationSettings(hessian_samples=args.hessian_samples, mc_epochs=args.mc_epochs)
+    zoo = annotate_zoo(args.zoo, groups=args.metrics or METRIC_GROUPS, epochs=args.epochs,
+                       force=args.force, workers=args.workers, device=args.device,
+                       settings=settings)
+    print(f"annotated {len(zoo)} models of {zoo.root}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from zoo_builder.plots import plot_phase_diagrams
+    from zoo_builder.summaries import load_summary
+
+    frame = load_summary(args.source)
+    title = args.title or Path(args.source).stem
+    written = plot_phase_diagrams(frame, args.out, title)
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from zoo_builder.report import write_report, zoo_report
+    from zoo_builder.summaries import load_summary
+
+    frame = load_summary(args.source)
+    text, _ = zoo_report(frame)
+    print(text)
+    if args.csv:
+        print(f"table written to {write_report(frame, args.csv)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo-builder", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -71,6 +106,36 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--workers", type=int, default=1, help="models trained in parallel")
     build.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     build.set_defaults(run=cmd_build)
+
+    annotate = commands.add_parser(
+        "annotate", help="add loss-landscape metrics and phase labels to every model of a zoo")
+    annotate.add_argument("zoo", help="the zoo's root folder (ours or the published layout)")
+    annotate.add_argument("--metrics", nargs="+",
+                          choices=["hessian", "cka", "mode_connectivity", "phase"],
+                          help="what to compute (default: all)")
+    annotate.add_argument("--epochs", type=int, nargs="+",
+                          help="checkpointed epochs to annotate (default: each model's last)")
+    annotate.add_argument("--force", action="store_true", help="recompute stored metrics")
+    annotate.add_argument("--workers", type=int, default=1, help="grid points in parallel")
+    annotate.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    annotate.add_argument("--hessian-samples", type=int, default=256,
+                          help="training samples in the fixed Hessian subset")
+    annotate.add_argument("--mc-epochs", type=int, default=10,
+                          help="epochs of Bezier curve training per seed pair")
+    annotate.set_defaults(run=cmd_annotate)
+
+    plot = commands.add_parser("plot", help="draw the phase plots of a zoo or a summary table")
+    plot.add_argument("source", help="a zoo folder, or a summary .csv/.parquet (ours or "
+                                     "published)")
+    plot.add_argument("--out", required=True, help="folder for the PNG and SVG files")
+    plot.add_argument("--title", help="figure title (default: the source's name)")
+    plot.set_defaults(run=cmd_plot)
+
+    report = commands.add_parser("report", help="the distribution of metrics and phases "
+                                                "(the paper's Tables 5-7)")
+    report.add_argument("source", help="a zoo folder or a summary .csv/.parquet")
+    report.add_argument("--csv", help="also write the table as CSV here")
+    report.set_defaults(run=cmd_report)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -18,4 +19,10 @@ def load_dataset(name: str, data_root: str | Path | None = None) -> ImageData:
     return DATASETS[name](Path(data_root) if data_root is not None else None)
 
 
-__all__ = ["DATASETS", "ImageData", "load_dataset"]
+@lru_cache(maxsize=4)
+def cached_dataset(name: str) -> ImageData:
+    """:func:`load_dataset` once per process (workers train many models on the same data)."""
+    return load_dataset(name)
+
+
+__all__ = ["DATASETS", "ImageData", "cached_dataset", "load_dataset"]

@@ -1,0 +1,91 @@
+"""The annotation pipeline on the tiny digits zoo: metrics stored where published, resumable."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import write_published_zoo
+from wslbench import zoo_format as fmt
+from wslbench.cli import main as wslbench_main
+from wslbench.zoo import Zoo
+from zoo_builder.annotate import AnnotationError, AnnotationSettings, annotate_zoo
+
+FAST = AnnotationSettings(hessian_samples=64, cka_samples=128, mc_epochs=1, mc_eval_points=3)
+LANDSCAPE_KEYS = ("log_hessian_top_ev_train", "log_hessian_top_ev_val", "log_hessian_trace_train",
+                  "hessian_trace_train_hvps", "hessian_trace_train_uncertainty",
+                  "representation_similarity", "curve_mc_train_error", "curve_mc_test_error",
+                  "curve_mc_train_loss", "curve_mc_test_loss", "phase_rules_version")
+
+
+@pytest.fixture(scope="module")
+def annotated_zoo(tiny_zoo, tmp_path_factory) -> Path:
+    root = Path(shutil.copytree(tiny_zoo, tmp_path_factory.mktemp("annotated") / "zoo"))
+    annotate_zoo(root, settings=FAST, progress=False)
+    return root
+
+
+def test_every_model_gets_the_published_keys_at_its_last_checkpoint(annotated_zoo, tiny_zoo):
+    zoo = Zoo.open(annotated_zoo)
+    for model in zoo.models:
+        final = model.results[model.checkpoint_epochs[-1]]
+        for key in LANDSCAPE_KEYS:
+            assert key in final, (model.name, key)
+        assert "phase" in final
+        assert "representation_similarity" not in model.results[0]  # only the asked epoch
+    # One CKA and one mode connectivity per grid point, shared by its seeds.
+    by_point: dict[str, set] = {}
+    for model in zoo.models:
+        by_point.setdefault(model.grid_point, set()).add(model.metric("representation_similarity"))
+    assert all(len(values) == 1 for values in by_point.values())
+    summary = zoo.summary()
+    assert summary["representation_similarity"].notna().sum() == len(zoo)
+    assert zoo.verify() == []
+    assert zoo.revision != Zoo.open(tiny_zoo).revision  # the targets changed
+    stored = fmt.read_manifest(annotated_zoo)
+    assert stored.content_hash() == zoo.revision
+
+
+def test_annotation_resumes_without_recomputing(annotated_zoo):
+    before = {p: p.read_bytes() for p in annotated_zoo.glob(f"*/{fmt.RESULT_FILE}")}
+    annotate_zoo(annotated_zoo, settings=FAST, progress=False)
+    after = {p: p.read_bytes() for p in annotated_zoo.glob(f"*/{fmt.RESULT_FILE}")}
+    assert before == after
+
+
+def test_a_failing_grid_point_is_reported_and_the_rest_kept(tiny_zoo, tmp_path, monkeypatch):
+    import zoo_builder.annotate as annotate
+
+    root = Path(shutil.copytree(tiny_zoo, tmp_path / "zoo"))
+    real = annotate.cka_annotation
+    calls = []
+
+    def flaky(networks, data, settings):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return real(networks, data, settings)
+
+    monkeypatch.setattr(annotate, "cka_annotation", flaky)
+    with pytest.raises(AnnotationError, match="1 of 6 grid points failed"):
+        annotate_zoo(root, groups=["cka"], settings=FAST, progress=False)
+    done = [m for m in Zoo.open(root).models if m.metric("representation_similarity") is not None]
+    assert len(done) == 10
+    monkeypatch.setattr(annotate, "cka_annotation", real)
+    annotate_zoo(root, groups=["cka"], settings=FAST, progress=False)
+    assert all(m.metric("representation_similarity") is not None for m in Zoo.open(root).models)
+
+
+def test_published_zoo_without_a_known_data_set_gets_a_clear_error(tmp_path):
+    root = write_published_zoo(tmp_path / "ptmz")
+    with pytest.raises(AnnotationError, match="dataset::name"):
+        annotate_zoo(root, groups=["hessian"], settings=FAST, progress=False)
+
+
+@pytest.mark.parametrize("task", ["hessian", "hessian_top_ev", "cka", "mode_connectivity", "phase"])
+def test_landscape_tasks_evaluate(annotated_zoo, task, capsys):
+    assert wslbench_main(["evaluate", "linear-probe", "--task", task, "--zoo",
+                          str(annotated_zoo), "--seeds", "0"]) == 0
+    assert task in capsys.readouterr().out

@@ -1,0 +1,1 @@
+"""Loss-landscape metrics of trained models, the annotations that place a model in a phase."""

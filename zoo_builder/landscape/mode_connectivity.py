@@ -1,0 +1,246 @@
+"""Mode connectivity of two seeds along a trained quadratic Bezier curve (REFERENCE §3).
+
+The curve (Garipov et al. 2018) joins the weights of two trained models of one architecture::
+
+    θ(t) = (1-t)² θ_a + 2t(1-t) θ_m + t² θ_b,   t in [0, 1]
+
+with both ends fixed and the middle θ_m trainable, initialised on the straight line
+((θ_a + θ_b) / 2, which makes the untrained curve the straight line (1-t) θ_a + t θ_b).
+θ_m is trained with SGD on the expected training loss along the curve: each mini-batch draws
+t ~ U(0, 1) and takes a step on cross-entropy plus ``weight_decay / 2 * ||θ(t)||²`` (the L2 on
+the curve point, as the reference), with BatchNorm in train mode (batch statistics). The
+forward pass is ``torch.func.functional_call`` of one working copy of ``model_a`` with the
+curve point's parameters, so no module is copied per step.
+
+Learning rate: the reference meant Garipov et al.'s schedule (the base rate for the first
+half of training, then linear decay to 1% of it at 90%, then 1%), but reassigns the rate
+each epoch from the previous epoch's rate, so the decay compounds. Here the rate is computed
+from the base rate at every step, from the fraction of training done, so short budgets
+(a few epochs on the digits zoo) anneal as well.
+
+Evaluation: at each t in linspace(0, 1, n_eval_points), the curve point's BatchNorm
+statistics are recomputed on the clean (unaugmented) training images, then loss and error
+(%) are measured in eval mode on the train and test sets. The ends are evaluated the same
+way (their own running statistics are replaced too), so all points of the curve are
+measured alike. With v(t) a curve of values (error or loss)::
+
+    t* = argmax_t |v(t) - (v(0) + v(1)) / 2|,   mc = (v(0) + v(1)) / 2 - v(t*)
+
+mc < 0: a barrier between the ends; mc > 0: the curve finds lower loss than the ends (they
+are under-trained); mc ~ 0: well connected.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from zoo_builder.data import ImageData
+from zoo_builder.data.images import Augmentation
+from zoo_builder.landscape.batchnorm import recompute_batchnorm_statistics
+from zoo_builder.train import evaluate
+
+log = logging.getLogger(__name__)
+
+Weights = dict[str, torch.Tensor]
+
+
+@dataclass
+class ModeConnectivityResult:
+    """mc values (errors in percent) and the curves they come from, at the points ``t``.
+
+    ``seconds`` is the wall time of the whole measurement (curve training and evaluation).
+    """
+
+    train_error: float
+    test_error: float
+    train_loss: float
+    test_loss: float
+    t: list[float]
+    train_error_curve: list[float]
+    test_error_curve: list[float]
+    train_loss_curve: list[float]
+    test_loss_curve: list[float]
+    seconds: float
+
+    def to_metrics(self) -> dict[str, float]:
+        """The result.json / summary keys (``curve_mc_train_error`` as published, in %)."""
+        return {"curve_mc_train_error": self.train_error, "curve_mc_test_error": self.test_error,
+                "curve_mc_train_loss": self.train_loss, "curve_mc_test_loss": self.test_loss}
+
+
+def curve_connectivity(values: Sequence[float]) -> float:
+    """mc of a curve of values measured at t = linspace(0, 1, len(values)).
+
+    mc = (v(0) + v(1)) / 2 - v(t*) with t* the point that deviates most from the ends' mean.
+    As in the reference, the ends take part in the argmax: if no interior point deviates by
+    more than half the gap between the ends, t* is an end (t = 0 on a tie) and mc is half
+    that gap with a sign set by the order of the ends. Any NaN in the curve gives NaN.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or len(v) < 3:
+        raise ValueError(
+            f"curve_connectivity needs a 1-D curve of at least 3 values (both ends and an "
+            f"interior point), got shape {v.shape}"
+        )
+    if np.isnan(v).any():
+        return float("nan")
+    middle = (v[0] + v[-1]) / 2
+    return float(middle - v[int(np.argmax(np.abs(v - middle)))])
+
+
+def curve_learning_rate(base_lr: float, progress: float) -> float:
+    """Garipov et al.'s schedule at ``progress`` (fraction of training done, 0 to 1)."""
+    if progress <= 0.5:
+        return base_lr
+    if progress <= 0.9:
+        return base_lr * (1.0 - (progress - 0.5) / 0.4 * 0.99)
+    return base_lr * 0.01
+
+
+def bezier_point(start: Weights, middle: Weights, end: Weights,
+                 t: float | torch.Tensor) -> Weights:
+    """θ(t) of the quadratic Bezier curve with control points ``start``, ``middle``, ``end``."""
+    a, m, b = (1 - t) ** 2, 2 * t * (1 - t), t ** 2
+    return {name: a * start[name] + m * middle[name] + b * end[name] for name in start}
+
+
+def _end_weights(model_a: nn.Module, model_b: nn.Module, device: torch.device | str
+                 ) -> tuple[Weights, Weights]:
+    """Detached copies of both models' parameters, after checking that they match."""
+    params_a, params_b = dict(model_a.named_parameters()), dict(model_b.named_parameters())
+    if not params_a:
+        raise ValueError("mode connectivity needs models with parameters; model_a has none")
+    missing = sorted(set(params_a) ^ set(params_b))
+    mismatched = sorted(name for name in set(params_a) & set(params_b)
+                        if params_a[name].shape != params_b[name].shape)
+    if missing or mismatched:
+        details = [f"{name}: {tuple(params_a[name].shape)} vs {tuple(params_b[name].shape)}"
+                   for name in mismatched[:5]]
+        raise ValueError(
+            "mode connectivity needs two models of the same architecture; parameters only in "
+            f"one model: {missing[:5] or 'none'}; shapes that differ: {details or 'none'}"
+        )
+    start = {name: p.detach().to(device).clone() for name, p in params_a.items()}
+    return start, {name: params_b[name].detach().to(device).clone() for name in params_a}
+
+
+def _train_curve(net: nn.Module, start: Weights, middle: Weights, end: Weights,
+                 data: ImageData, *, epochs: int, lr: float, momentum: float,
+                 weight_decay: float, batch_size: int, augment: Augmentation | None,
+                 generator: torch.Generator) -> None:
+    """Train the curve's middle in place (see the module docstring)."""
+    n = len(data.train_x)
+    # Full batches only, as in zoo_builder.train: a last batch of a few samples gives
+    # BatchNorm wild statistics.
+    batch_size = min(batch_size, n)
+    steps_per_epoch = n // batch_size
+    total_steps = epochs * steps_per_epoch
+    optimizer = torch.optim.SGD(list(middle.values()), lr=lr, momentum=momentum)
+    device = data.train_x.device
+    net.train()
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator, device=device)
+        loss_sum = torch.zeros((), device=device)
+        for step in range(steps_per_epoch):
+            progress = (epoch * steps_per_epoch + step) / total_steps
+            for group in optimizer.param_groups:
+                group["lr"] = curve_learning_rate(lr, progress)
+            index = order[step * batch_size:(step + 1) * batch_size]
+            images = data.train_x[index]
+            if augment is not None:
+                images = augment(images, generator)
+            t = torch.rand((), generator=generator, device=device)
+            weights = bezier_point(start, middle, end, t)
+            logits = functional_call(net, weights, (data.normalize(images),))
+            loss = F.cross_entropy(logits.float(), data.train_y[index])
+            penalty = sum(w.pow(2).sum() for w in weights.values())
+            optimizer.zero_grad(set_to_none=True)
+            (loss + 0.5 * weight_decay * penalty).backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+        mean_loss = loss_sum.item() / steps_per_epoch
+        log.info("curve epoch %d/%d: mean train loss along the curve %.4f", epoch + 1, epochs,
+                 mean_loss)
+        if not math.isfinite(mean_loss):
+            log.warning("curve training diverged (loss %s at epoch %d, lr %g); the interior of "
+                        "the curve will measure NaN", mean_loss, epoch + 1, lr)
+
+
+def bezier_mode_connectivity(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: ImageData,
+    *,
+    epochs: int = 10,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 128,
+    n_eval_points: int = 5,
+    augment: Augmentation | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> ModeConnectivityResult:
+    """Train a Bezier curve between two models and measure mc on train/test error and loss.
+
+    Defaults are the reference's (PTMZ: 10 epochs, lr 0.1, momentum 0.9, L2 5e-4, batch 128,
+    5 points); ``epochs=0`` measures the straight line. ``augment`` (e.g. the zoo's
+    ``Augmentation``) applies to curve training only; ``seed`` fixes the shuffling, the t of
+    each mini-batch and the augmentation. The models are not modified. Buffers other than
+    BatchNorm running statistics (which are recomputed at every point) come from ``model_a``.
+    """
+    if epochs < 0 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"need epochs >= 0, batch_size >= 1 and lr > 0; got epochs={epochs}, "
+                         f"batch_size={batch_size}, lr={lr}")
+    if n_eval_points < 3:
+        raise ValueError(f"n_eval_points must be at least 3 (both ends and an interior point), "
+                         f"got {n_eval_points}")
+    started = time.perf_counter()
+    data = data.to(device)
+    start, end = _end_weights(model_a, model_b, device)
+    middle = {name: ((start[name] + end[name]) / 2).requires_grad_() for name in start}
+    net = copy.deepcopy(model_a).to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    if epochs > 0:
+        _train_curve(net, start, middle, end, data, epochs=epochs, lr=lr, momentum=momentum,
+                     weight_decay=weight_decay, batch_size=batch_size, augment=augment,
+                     generator=generator)
+
+    ts = np.linspace(0.0, 1.0, n_eval_points).tolist()
+    curves: dict[str, list[float]] = {"train_error": [], "test_error": [], "train_loss": [],
+                                      "test_loss": []}
+    parameters = dict(net.named_parameters())
+    for t in ts:
+        # The ends are the models' own weights, whatever happened to the middle.
+        weights = start if t == 0.0 else end if t == 1.0 else bezier_point(start, middle, end, t)
+        if not all(torch.isfinite(w).all() for w in weights.values()):
+            # A diverged middle: NaN, not the error of whatever class NaN logits argmax to.
+            train_loss = train_acc = test_loss = test_acc = float("nan")
+        else:
+            with torch.no_grad():
+                for name, parameter in parameters.items():
+                    parameter.copy_(weights[name])
+            recompute_batchnorm_statistics(net, data.train_x, data.normalize,
+                                           batch_size=batch_size)
+            train_loss, train_acc = evaluate(net, data, data.train_x, data.train_y)
+            test_loss, test_acc = evaluate(net, data, data.test_x, data.test_y)
+        curves["train_error"].append(100.0 * (1.0 - train_acc))
+        curves["test_error"].append(100.0 * (1.0 - test_acc))
+        curves["train_loss"].append(train_loss)
+        curves["test_loss"].append(test_loss)
+    return ModeConnectivityResult(
+        **{key: curve_connectivity(values) for key, values in curves.items()},
+        t=ts, **{f"{key}_curve": values for key, values in curves.items()},
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,269 @@
+"""Phase labels (Yang et al. 2021) from train loss, mode connectivity and CKA, by explicit rules.
+
+The taxonomy (REFERENCE §4) in words:
+
+=========  ==========  =======  =================  =====
+phase      train loss  Hessian  mode connectivity  CKA
+=========  ==========  =======  =================  =====
+I          high        large    < 0                \\-
+II         high        large    > 0                \\-
+III        small       small    < 0                \\-
+IV-A       small       small    ~ 0                small
+IV-B       small       small    ~ 0                large
+=========  ==========  =======  =================  =====
+
+Decision order (``PhaseRules``; numbers and their justification in ``docs/phases.md``):
+
+1. train loss, relative to ln(num_classes) (the loss of a uniform guess), is *high* when
+   ``train_loss / ln(C) >= train_loss_small``; then mode connectivity on train error (%)
+   splits **I** (``mc <= mc_high_loss_split``: a barrier, or none to speak of) from **II**
+   (``mc > mc_high_loss_split``: the curve finds lower error than its under-trained ends);
+2. train loss *small* and ``mc < -mc_zero_band``: a clear barrier, **III**;
+3. train loss *small* and ``mc >= -mc_zero_band`` (no barrier): **IV-A** when
+   ``CKA < cka_large``, else **IV-B**.
+
+The Hessian does not decide a label: in the table it separates the same two groups as the
+train loss ({I, II} large, {III, IV} small), so it adds no information to the decision, and on
+the published zoos its log trace agrees with the train-loss split for only 77% of the labelled
+models at the best threshold (64% in svhn_resnet18; top eigenvalue: 37-49% at any threshold),
+with scales that differ between architectures (ViT log traces are negative where ResNets are
+3-9). It enters as a consistency flag, ``hessian_consistent``.
+
+A label needs only the metrics its branch reads: train loss and mode connectivity always, CKA
+only for IV-A/IV-B. Where a needed one is missing the label is None; nothing is imputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+import pandas as pd
+
+from zoo_builder.summaries import log_num_classes
+
+MC_COLUMN = "curve_mc_train_error"
+CKA_COLUMN = "representation_similarity"
+HESSIAN_TRACE_COLUMN = "log_hessian_trace_train"
+HESSIAN_TOP_EV_COLUMN = "log_hessian_top_ev_val"
+
+
+class Phase(str, Enum):
+    """The closed vocabulary of phase labels; the value is the label as written in the paper."""
+
+    I = "I"  # noqa: E741 - the paper's name
+    II = "II"
+    III = "III"
+    IV_A = "IV-A"
+    IV_B = "IV-B"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def description(self) -> str:
+        return _DESCRIPTIONS[self]
+
+    @property
+    def interpolates(self) -> bool:
+        """Phases III and IV have a small train loss; I and II do not."""
+        return self in (Phase.III, Phase.IV_A, Phase.IV_B)
+
+
+_DESCRIPTIONS = {
+    Phase.I: "under-fitted, under-sized: high train loss, barrier between seeds (mc < 0)",
+    Phase.II: "under-fitted: high train loss, the curve between seeds does better (mc > 0)",
+    Phase.III: "under-sized: small train loss, barrier between seeds (mc < 0)",
+    Phase.IV_A: "over-fitted: small train loss, connected (mc ~ 0), dissimilar outputs (small CKA)",
+    Phase.IV_B: "generalizing: small train loss, connected (mc ~ 0), similar outputs (large CKA)",
+}
+
+
+@dataclass(frozen=True)
+class PhaseRules:
+    """Versioned thresholds of the phase rules; a change of any number is a new ``version``.
+
+    Attributes:
+        version: the name recorded with every label. Released versions (``RELEASED_RULES``)
+            cannot be redefined with other numbers.
+        train_loss_small: train loss is small when ``train_loss / ln(num_classes)`` is below.
+        mc_zero_band: with a small train loss, ``mc >= -mc_zero_band`` (mode connectivity on
+            train error, in percentage points) counts as "~0", below it as a barrier.
+        mc_high_loss_split: with a high train loss, ``mc > mc_high_loss_split`` is phase II.
+        cka_large: CKA at or above is "large" (IV-B), below "small" (IV-A).
+        log_hessian_trace_large: for the consistency flag only: log trace at or above is
+            "large" (expected in I/II), below "small" (III/IV). None: not checked.
+        log_hessian_top_ev_large: the same for the log top eigenvalue; None: not checked.
+    """
+
+    version: str
+    train_loss_small: float
+    mc_zero_band: float
+    mc_high_loss_split: float
+    cka_large: float
+    log_hessian_trace_large: float | None = None
+    log_hessian_top_ev_large: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.version or not isinstance(self.version, str):
+            raise ValueError("PhaseRules.version must be a non-empty string, e.g. 'my-rules-v1'")
+        for name in ("train_loss_small", "mc_zero_band", "mc_high_loss_split", "cka_large",
+                     "log_hessian_trace_large", "log_hessian_top_ev_large"):
+            value = getattr(self, name)
+            if value is None and name.startswith("log_hessian"):
+                continue
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"PhaseRules.{name} must be a finite number, got {value!r}")
+        if self.train_loss_small <= 0:
+            raise ValueError(
+                f"PhaseRules.train_loss_small must be > 0 (a fraction of ln(num_classes)), got "
+                f"{self.train_loss_small}")
+        if self.mc_zero_band < 0:
+            raise ValueError(f"PhaseRules.mc_zero_band must be >= 0, got {self.mc_zero_band}")
+        if not 0 <= self.cka_large <= 1:
+            raise ValueError(f"PhaseRules.cka_large must lie in [0, 1], got {self.cka_large}")
+        released = RELEASED_RULES.get(self.version) if "RELEASED_RULES" in globals() else None
+        if released is not None and released != self:
+            raise ValueError(
+                f"phase rules version '{self.version}' is released with other thresholds "
+                f"({released}); give changed rules a new version name"
+            )
+
+    def replace(self, **changes) -> "PhaseRules":
+        """These rules with some numbers changed; ``version=`` must be given and new."""
+        if "version" not in changes or changes["version"] == self.version:
+            raise ValueError(
+                "changed phase rules need a new version: pass replace(version='...', ...)")
+        return dataclasses.replace(self, **changes)
+
+
+#: Version 1, chosen on the published PTMZ summaries (docs/phases.md has the numbers).
+DEFAULT_RULES = PhaseRules(
+    version="wslbench-phases-v1",
+    train_loss_small=0.016,
+    mc_zero_band=2.2,
+    mc_high_loss_split=0.0,
+    cka_large=0.85,
+    log_hessian_trace_large=6.0,
+    log_hessian_top_ev_large=None,
+)
+
+#: Every released version by name; a released version never changes.
+RELEASED_RULES: dict[str, PhaseRules] = {DEFAULT_RULES.version: DEFAULT_RULES}
+
+
+def rules_for_version(version: str) -> PhaseRules:
+    """The released rules of ``version`` (to re-label with the rules a stored label names)."""
+    if version not in RELEASED_RULES:
+        raise KeyError(f"unknown phase rules version '{version}'; released: "
+                       f"{sorted(RELEASED_RULES)}")
+    return RELEASED_RULES[version]
+
+
+def _train_loss_column(frame: pd.DataFrame, column: str | None) -> str:
+    if column is not None:
+        if column not in frame.columns:
+            raise KeyError(f"train loss column '{column}' is not in the frame")
+        return column
+    # Rows from landscape_epoch_rows carry the train loss of the landscape checkpoint.
+    for candidate in ("landscape_train_loss", "train_loss"):
+        if candidate in frame.columns:
+            return candidate
+    raise KeyError("the frame has no 'train_loss' column; read it with load_summary()")
+
+
+def phase_table(frame: pd.DataFrame, rules: PhaseRules = DEFAULT_RULES,
+                num_classes: int | None = None,
+                train_loss_column: str | None = None) -> pd.DataFrame:
+    """Per row of ``frame``: ``phase`` (a :class:`Phase` or None), ``phase_rules_version``,
+    ``phase_missing`` (the needed metrics that were missing, or None) and
+    ``hessian_consistent`` (True/False, None where not checked).
+
+    ``num_classes`` overrides the frame's ``num_classes`` column. The train loss is
+    ``landscape_train_loss`` where present (rows from ``landscape_epoch_rows``: the checkpoint
+    the landscape metrics describe), else ``train_loss``, unless ``train_loss_column`` says.
+    """
+    loss_column = _train_loss_column(frame, train_loss_column)
+    relative_loss = pd.to_numeric(frame[loss_column], errors="coerce") / log_num_classes(
+        frame, num_classes)
+    mc = _column(frame, MC_COLUMN)
+    cka = _column(frame, CKA_COLUMN)
+    trace = _column(frame, HESSIAN_TRACE_COLUMN)
+    top_ev = _column(frame, HESSIAN_TOP_EV_COLUMN)
+
+    phases, missing, consistent = [], [], []
+    for loss, m, c, tr, ev in zip(relative_loss, mc, cka, trace, top_ev):
+        phase, lacking = _decide(rules, loss, m, c, loss_column)
+        phases.append(phase)
+        missing.append(", ".join(lacking) if lacking else None)
+        consistent.append(_hessian_check(rules, phase, tr, ev))
+    out = pd.DataFrame({
+        "phase": pd.Series(phases, index=frame.index, dtype=object),
+        "phase_rules_version": rules.version,
+        "phase_missing": pd.Series(missing, index=frame.index, dtype=object),
+        "hessian_consistent": pd.Series(consistent, index=frame.index, dtype=object),
+    }, index=frame.index)
+    out.attrs["phase_rules"] = dataclasses.asdict(rules)
+    return out
+
+
+def label_phases(frame: pd.DataFrame, rules: PhaseRules = DEFAULT_RULES,
+                 num_classes: int | None = None,
+                 train_loss_column: str | None = None) -> pd.Series:
+    """The phase of every row (a :class:`Phase`, or None where a needed metric is missing).
+
+    The series is named ``phase`` and records the rules in ``.attrs["phase_rules_version"]``;
+    :func:`phase_table` gives the version, the missing metrics and the Hessian check per row.
+    """
+    table = phase_table(frame, rules, num_classes=num_classes,
+                        train_loss_column=train_loss_column)
+    labels = table["phase"]
+    labels.attrs = {"phase_rules_version": rules.version,
+                    "phase_rules": dataclasses.asdict(rules)}
+    return labels
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    if name not in frame.columns:
+        return pd.Series(float("nan"), index=frame.index)
+    return pd.to_numeric(frame[name], errors="coerce")
+
+
+def _missing(value: float) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _decide(rules: PhaseRules, loss: float, mc: float, cka: float,
+            loss_column: str) -> tuple[Phase | None, list[str]]:
+    lacking = [name for name, value in ((loss_column, loss), (MC_COLUMN, mc)) if _missing(value)]
+    if lacking:
+        return None, lacking
+    if loss >= rules.train_loss_small:
+        return (Phase.II if mc > rules.mc_high_loss_split else Phase.I), []
+    if mc < -rules.mc_zero_band:
+        return Phase.III, []
+    if _missing(cka):
+        return None, [CKA_COLUMN]
+    return (Phase.IV_B if cka >= rules.cka_large else Phase.IV_A), []
+
+
+def _hessian_check(rules: PhaseRules, phase: Phase | None, trace: float,
+                   top_ev: float) -> bool | None:
+    if phase is None:
+        return None
+    checks = []
+    for threshold, value in ((rules.log_hessian_trace_large, trace),
+                             (rules.log_hessian_top_ev_large, top_ev)):
+        if threshold is None or _missing(value) or not math.isfinite(value):
+            continue
+        checks.append((value >= threshold) == (not phase.interpolates))
+    return all(checks) if checks else None
+
+
+def phase_counts(labels: pd.Series) -> pd.Series:
+    """Counts of every phase (all five, zeros included) and of rows without a label."""
+    counts = {phase.value: int((labels == phase).sum()) for phase in Phase}
+    counts["unlabelled"] = int(labels.isna().sum())
+    return pd.Series(counts, name="models")
