@@ -20,7 +20,7 @@ def published_trial_name(index: int, width: int, batchsize: int, seed: int) -> s
 
 
 def write_published_zoo(root: Path, widths=(1, 2), batchsizes=(32, 128), seeds=(0, 1),
-                        epochs: int = 2) -> Path:
+                        epochs: int = 2, num_classes: int = 3) -> Path:
     """A zoo as the PTMZ authors published it: Ray Tune trial folders, ``module.`` keys,
     an optimizer file, a root config.json, and no manifest, markers or safetensors."""
     root.mkdir(parents=True, exist_ok=True)
@@ -31,7 +31,8 @@ def write_published_zoo(root: Path, widths=(1, 2), batchsizes=(32, 128), seeds=(
             for seed in seeds:
                 trial = root / published_trial_name(index, width, batchsize, seed)
                 trial.mkdir()
-                params = {"model::type": "resnet18", "model::width": width, "model::o_dim": 3,
+                params = {"model::type": "resnet18", "model::width": width,
+                          "model::o_dim": num_classes,
                           "model::channels_in": 1, "model::init_type": "kaiming_uniform",
                           "optim::lr": 0.1, "optim::wd": 5e-4, "training::batchsize": batchsize,
                           "training::epochs_train": epochs, "seed": seed,
@@ -43,7 +44,7 @@ def write_published_zoo(root: Path, widths=(1, 2), batchsizes=(32, 128), seeds=(
                          for e in range(epochs + 1)]
                 (trial / "result.json").write_text("\n".join(lines) + "\n")
                 torch.manual_seed(index)
-                model = build_model({**TINY_MODEL_ARGS, "width": width})
+                model = build_model({**TINY_MODEL_ARGS, "width": width, "o_dim": num_classes})
                 folder = trial / f"checkpoint_{epochs:06d}"
                 folder.mkdir()
                 state = {f"module.{k}": v for k, v in model.state_dict().items()}

@@ -13,7 +13,8 @@ from wslbench.cli import main as wslbench_main
 from wslbench.zoo import Zoo
 from zoo_builder.annotate import AnnotationError, AnnotationSettings, annotate_zoo
 
-FAST = AnnotationSettings(hessian_samples=64, cka_samples=128, mc_epochs=1, mc_eval_points=3)
+FAST = AnnotationSettings(hessian_samples=64, hessian_eig_max_iter=20, hessian_trace_hvps=30,
+                          cka_samples=128, mc_epochs=1, mc_eval_points=3)
 LANDSCAPE_KEYS = ("log_hessian_top_ev_train", "log_hessian_top_ev_val", "log_hessian_trace_train",
                   "hessian_trace_train_hvps", "hessian_trace_train_uncertainty",
                   "representation_similarity", "curve_mc_train_error", "curve_mc_test_error",
@@ -78,10 +79,18 @@ def test_a_failing_grid_point_is_reported_and_the_rest_kept(tiny_zoo, tmp_path, 
     assert all(m.metric("representation_similarity") is not None for m in Zoo.open(root).models)
 
 
-def test_published_zoo_without_a_known_data_set_gets_a_clear_error(tmp_path):
-    root = write_published_zoo(tmp_path / "ptmz")
-    with pytest.raises(AnnotationError, match="dataset::name"):
+def test_published_zoo_needs_its_data_set_named(tmp_path):
+    root = write_published_zoo(tmp_path / "ptmz", widths=(1,), batchsizes=(32,), num_classes=10)
+    with pytest.raises(AnnotationError, match="pass --dataset"):
         annotate_zoo(root, groups=["hessian"], settings=FAST, progress=False)
+    annotate_zoo(root, groups=["hessian", "cka"], settings=FAST, dataset="digits",
+                 progress=False)
+    zoo = Zoo.open(root)
+    for model in zoo.models:
+        assert model.metric("hessian_trace_train") is not None
+        assert model.metric("representation_similarity") is not None
+    assert zoo.manifest is None and not (root / fmt.MANIFEST_FILE).exists()  # not ours
+    assert (root / fmt.SUMMARY_CSV).is_file()
 
 
 @pytest.mark.parametrize("task", ["hessian", "hessian_top_ev", "cka", "mode_connectivity", "phase"])

@@ -134,7 +134,8 @@ def with_spectrum(eigenvalues: list[float] | torch.Tensor, seed: int = 0) -> tor
 def test_matvec_and_matmat_equal_the_exact_hessian(case):
     op = case.operator()
     assert op.dim == case.hessian.shape[0]
-    vectors = torch.randn(op.dim, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(op.dim, 3, dtype=torch.float64, generator=generator)
     expected = case.hessian @ vectors
     scale = expected.norm()
     assert (op.matvec(vectors[:, 0]) - expected[:, 0]).norm() <= 1e-4 * scale
@@ -142,12 +143,16 @@ def test_matvec_and_matmat_equal_the_exact_hessian(case):
     assert op.n_hvps == 4  # one product per vector over the whole data set
 
 
-def test_operator_leaves_the_model_as_it_was(case):
+def test_operator_uses_eval_mode_and_leaves_the_model_as_it_was(case):
     model = case.model
     model.train()
-    model[1].eval() if isinstance(model[1], nn.BatchNorm2d) else None
+    if isinstance(model[1], nn.BatchNorm2d):
+        model[1].eval()  # a submodule's own mode must survive too
     modes = [m.training for m in model.modules()]
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    v = torch.randn(case.hessian.shape[0], dtype=torch.float64)
+    product = case.operator().matvec(v)  # the eval-mode Hessian, though the model trains
+    assert (product - case.hessian @ v).norm() <= 1e-4 * (case.hessian @ v).norm()
     hessian_metrics(model, case.x, case.y, chunk_size=CHUNK)
     assert [m.training for m in model.modules()] == modes
     for key, value in model.state_dict().items():  # weights and BatchNorm running statistics

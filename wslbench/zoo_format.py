@@ -459,7 +459,9 @@ def summary_rows(name: str, params: Mapping[str, Any], results: list[dict[str, A
         row = dict(fixed)
         row["epoch"] = result.get("epoch", epoch)
         for key, value in result.items():
-            if key in ("config", "epoch") or isinstance(value, (dict, list)):
+            # The model's own columns (width, lr, ...) come from params.json, never from a
+            # per-epoch value of the same name.
+            if key in fixed or key == "config" or isinstance(value, (dict, list)):
                 continue
             row[key] = value
         rows.append(row)

@@ -57,7 +57,9 @@ class AnnotationSettings:
     curve training, lr 0.1, batch 128, 5 points); a shorter curve training leaves barriers
     that are not there (mc turns negative), so change it only knowingly."""
 
-    hessian_samples: int = 256
+    hessian_samples: int = 200  # one batch of 200, as Yang et al. (2021)
+    hessian_eig_max_iter: int = 100
+    hessian_trace_hvps: int = 100
     cka_samples: int = 512
     mc_epochs: int = 10
     mc_lr: float = 0.1
@@ -82,13 +84,17 @@ class GridPointJob:
     force: bool
     settings: AnnotationSettings = field(default_factory=AnnotationSettings)
     device: str = "cpu"
+    dataset: str | None = None
 
 
 def annotate_zoo(root: str | Path, groups: Sequence[str] = METRIC_GROUPS,
                  epochs: Sequence[int] | None = None, force: bool = False, workers: int = 1,
                  device: str = "cpu", settings: AnnotationSettings = AnnotationSettings(),
-                 progress: bool = True) -> Zoo:
-    """Annotate every model of the zoo at ``root``; return the zoo read back."""
+                 dataset: str | None = None, progress: bool = True) -> Zoo:
+    """Annotate every model of the zoo at ``root``; return the zoo read back.
+
+    ``dataset`` names the training data where params.json does not (published zoos record
+    only the path of a data dump)."""
     from zoo_builder.build import zoo_lock
 
     unknown = sorted(set(groups) - set(METRIC_GROUPS))
@@ -99,7 +105,7 @@ def annotate_zoo(root: str | Path, groups: Sequence[str] = METRIC_GROUPS,
         GridPointJob(name=f"grid point {index}", trial_dirs=tuple(m.path for m in models),
                      epochs=tuple(epochs) if epochs is not None else None,
                      groups=tuple(g for g in groups if g != "phase"), force=force,
-                     settings=settings, device=device)
+                     settings=settings, device=device, dataset=dataset)
         for index, models in enumerate(grid_points(zoo).values())
     ]
     with zoo_lock(zoo.root):
@@ -136,14 +142,14 @@ def annotation_epochs(model: ModelRecord, epochs: Sequence[int] | None) -> list[
     return list(epochs)
 
 
-def dataset_for(model: ModelRecord) -> ImageData:
+def dataset_for(model: ModelRecord, override: str | None = None) -> ImageData:
     """The training data of a model, which every landscape metric needs."""
-    name = model.params.get("dataset::name")
+    name = override or model.params.get("dataset::name")
     if name is None:
         raise AnnotationError(
             f"model '{model.path}' does not name its data set (no 'dataset::name' in "
-            "params.json), so its loss landscape cannot be measured; add the key with a data "
-            "set zoo-builder knows (see zoo_builder.data.DATASETS)")
+            "params.json), so its loss landscape cannot be measured; pass --dataset with a "
+            "data set zoo-builder knows (see zoo_builder.data.DATASETS)")
     return cached_dataset(name)
 
 
@@ -160,7 +166,7 @@ def annotate_grid_point(job: GridPointJob) -> str | None:
     """Compute the missing metrics of one grid point; an error message instead of raising."""
     try:
         models = [ModelRecord.read(path) for path in job.trial_dirs]
-        data = dataset_for(models[0]).to(job.device)
+        data = dataset_for(models[0], job.dataset).to(job.device)
         epochs = sorted({e for m in models for e in annotation_epochs(m, job.epochs)})
         for epoch in epochs:
             if "hessian" in job.groups:
@@ -214,10 +220,13 @@ def hessian_annotation(model: ModelRecord, epoch: int, data: ImageData,
     network = load_model(model, epoch, job.device)
     n, seed = job.settings.hessian_samples, job.settings.seed
     train_x, train_y = fixed_subset(data.train_x, data.train_y, n, seed)
-    metrics = hessian_metrics(network, data.normalize(train_x), train_y, seed=seed)
+    settings = job.settings
+    metrics = hessian_metrics(network, data.normalize(train_x), train_y, seed=seed,
+                              eig_max_iter=settings.hessian_eig_max_iter,
+                              trace_hvps=settings.hessian_trace_hvps)
     val_x, val_y = fixed_subset(data.test_x, data.test_y, n, seed)
     top_ev_val = lanczos_top_eigenvalue(HessianOperator(network, data.normalize(val_x), val_y),
-                                        seed=seed)
+                                        max_iter=settings.hessian_eig_max_iter, seed=seed)
     metrics.update({"hessian_top_ev_val": top_ev_val.value,
                     "hessian_top_ev_val_uncertainty": top_ev_val.uncertainty,
                     "hessian_top_ev_val_hvps": top_ev_val.n_hvps})

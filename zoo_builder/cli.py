@@ -59,7 +59,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     settings = AnnotationSettings(hessian_samples=args.hessian_samples, mc_epochs=args.mc_epochs)
     zoo = annotate_zoo(args.zoo, groups=args.metrics or METRIC_GROUPS, epochs=args.epochs,
                        force=args.force, workers=args.workers, device=args.device,
-                       settings=settings)
+                       settings=settings, dataset=args.dataset)
     print(f"annotated {len(zoo)} models of {zoo.root}")
     return 0
 
@@ -118,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--force", action="store_true", help="recompute stored metrics")
     annotate.add_argument("--workers", type=int, default=1, help="grid points in parallel")
     annotate.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    annotate.add_argument("--hessian-samples", type=int, default=256,
+    annotate.add_argument("--dataset", help="the models' training data set, where params.json "
+                                            "does not name it (published zoos)")
+    annotate.add_argument("--hessian-samples", type=int, default=200,
                           help="training samples in the fixed Hessian subset")
     annotate.add_argument("--mc-epochs", type=int, default=10,
                           help="epochs of Bezier curve training per seed pair")

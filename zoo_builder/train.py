@@ -101,7 +101,8 @@ def train_trial(
         started = time.perf_counter()
         metrics = epoch_metrics(model, data, epoch)
         rows.append({**metrics, "time_this_iter_s": seconds,
-                     "time_eval_s": time.perf_counter() - started, "lr": scheduler.get_last_lr()[0]})
+                     "time_eval_s": time.perf_counter() - started,
+                     "lr_last_step": scheduler.get_last_lr()[0]})
         fmt.write_results(trial_dir, rows)
         if epoch in saved_epochs:
             hashes.update(fmt.save_checkpoint(trial_dir, epoch, model.state_dict(), model_args))

@@ -34,13 +34,14 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Protocol, runtime_checkable
+from typing import Callable, Iterator, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 Which = Literal["LA", "LM"]
+LossFn = Callable[[Tensor, Tensor], Tensor]
 
 #: Defaults, chosen on the test networks and the benchmark (benchmarks/hessian.py, a trained
 #: ResNet-18 on digits): Lanczos to a Ritz residual of 1e-3 |lambda| (its true error is far
@@ -124,6 +125,9 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 class HessianOperator:
     """The Hessian of the mean cross-entropy of ``model`` over all of ``images``/``labels``.
 
+    ``loss_fn(outputs, labels)`` may replace cross-entropy (e.g. MSE for a regression zoo); it
+    must return the mean over the samples it is given, so chunks can be weighted by size.
+
     The loss is evaluated in eval mode (BatchNorm uses its running statistics, which are never
     changed; dropout is off); each submodule's train/eval mode is restored after every
     product. Only parameters with ``requires_grad`` count: ``dim`` is their total size, and
@@ -142,7 +146,8 @@ class HessianOperator:
     float64). ``n_hvps`` counts products, one per vector over the whole data set.
     """
 
-    def __init__(self, model: nn.Module, images: Tensor, labels: Tensor, chunk_size: int = 256):
+    def __init__(self, model: nn.Module, images: Tensor, labels: Tensor, chunk_size: int = 256,
+                 loss_fn: LossFn = F.cross_entropy):
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"images and labels differ in length: {images.shape[0]} images, "
                              f"{labels.shape[0]} labels")
@@ -154,13 +159,18 @@ class HessianOperator:
         self.images = images
         self.labels = labels
         self.chunk_size = int(chunk_size)
+        self.loss_fn = loss_fn
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError(f"{type(model).__name__} has no parameters with requires_grad; "
                              "there is no Hessian to compute")
         self.dim = sum(p.numel() for p in self.params)
-        self.device = self.params[0].device
         self.n_hvps = 0
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are (and the estimators keep their vectors)."""
+        return self.params[0].device
 
     @property
     def n_samples(self) -> int:
@@ -187,7 +197,7 @@ class HessianOperator:
             for start in range(0, n, self.chunk_size):
                 x = self.images[start:start + self.chunk_size].to(self.device)
                 y = self.labels[start:start + self.chunk_size].to(self.device)
-                loss = F.cross_entropy(self.model(x), y)
+                loss = self.loss_fn(self.model(x).float(), y)
                 grads = torch.autograd.grad(loss, self.params, create_graph=True,
                                             allow_unused=True)
                 pairs = [(g, i) for i, g in enumerate(grads) if g is not None and g.requires_grad]
@@ -262,7 +272,7 @@ class _LanczosRun:
     """A Lanczos run: the eigenvalue estimate, and the orthonormal Krylov basis it built."""
 
     estimate: EigenEstimate
-    basis: Tensor  # (dim, steps), orthonormal columns
+    basis: list[Tensor]  # orthonormal vectors of length dim, one per step
     basis_trace: float  # tr(V^T H V) = sum of the alphas, known without further products
 
 
@@ -314,7 +324,7 @@ def _lanczos(op: SymmetricOperator, *, max_iter: int, rtol: float, which: Which,
         betas.append(beta)
         q = w / beta
     estimate = EigenEstimate(theta, residual, len(history), converged, tuple(history))
-    return _LanczosRun(estimate, torch.stack(basis, dim=1), sum(alphas))
+    return _LanczosRun(estimate, basis, sum(alphas))
 
 
 def lanczos_top_eigenvalue(
@@ -431,7 +441,7 @@ def hutchinson_trace(
 
 def _deflated_hutchinson(
     op: SymmetricOperator,
-    basis: Tensor,
+    basis: list[Tensor],
     basis_trace: float,
     *,
     max_samples: int,
@@ -441,27 +451,30 @@ def _deflated_hutchinson(
     block_size: int,
     dtype: torch.dtype,
 ) -> tuple[TraceEstimate, int]:
-    """tr(V^T H V) (given) plus Hutchinson on (I - VV^T) H (I - VV^T), V = ``basis``.
+    """tr(V^T H V) (given) plus Hutchinson on (I - VV^T) H (I - VV^T), V's columns ``basis``.
 
     The trace splits exactly as tr(H) = tr(V^T H V) + tr((I - P) H (I - P)) for any
     orthonormal V (P = VV^T), so with Rademacher vectors drawn independently of V the sum is
-    unbiased. Returns the estimate (its n_hvps counts only the samples here) and whether a
-    ``target_rse`` was met; without a target all ``max_samples`` are drawn.
+    unbiased. Returns the estimate and the number of samples drawn (its only products);
+    with a ``target_rse`` sampling stops once it is met, without one all ``max_samples`` are
+    drawn.
     """
     n, device = op.dim, _device(op)
     samples: list[float] = []
     history: list[float] = []
-    converged = target_rse is None
+    total, converged = 0.0, target_rse is None
     while len(samples) < max_samples:
         size = min(block_size, max_samples - len(samples))
         if target_rse is not None:  # one sample at a time once the target can be checked
             size = min(size, max(1, min_samples - len(samples)))
         g = _rademacher(n, size, generator, dtype, device)
-        g -= basis @ (basis.T @ g)
+        for b in basis:  # vector by vector: no (dim, k) copy of the basis
+            g -= torch.outer(b, b @ g)
         hg = _apply(op, g).to(g)
         for value in (g * hg).sum(dim=0).tolist():
             samples.append(value)
-            history.append(basis_trace + sum(samples) / len(samples))
+            total += value
+            history.append(basis_trace + total / len(samples))
         if (target_rse is not None and len(samples) >= max(2, min_samples)
                 and _standard_error(samples) <= target_rse * abs(history[-1])):
             converged = True
@@ -534,7 +547,7 @@ def hutchpp_trace(
             block = q[:, start:start + block_size]
             q_trace += float((block * _apply(op, block).to(block)).sum())
     estimate, samples = _deflated_hutchinson(
-        op, q, q_trace, max_samples=n_hvps - 2 * k, target_rse=target_rse,
+        op, list(q.unbind(dim=1)), q_trace, max_samples=n_hvps - 2 * k, target_rse=target_rse,
         min_samples=min_samples, generator=generator, block_size=block_size, dtype=dtype)
     return TraceEstimate(estimate.value, estimate.uncertainty, 2 * k + samples,
                          estimate.converged, estimate.history)
@@ -567,10 +580,9 @@ def krylov_deflated_trace(
     n_hvps = _check_budget("n_hvps", n_hvps, 3)
     block_size = _check_budget("block_size", block_size)
     _check_trace_options(n_hvps, krylov_size, target_rse, "krylov_size", 1)
-    if krylov_size == 0:
-        basis, basis_trace, steps = torch.zeros((op.dim, 0), dtype=dtype,
-                                                device=_device(op)), 0.0, 0
-    else:
+    basis: list[Tensor] = []
+    basis_trace, steps = 0.0, 0
+    if krylov_size > 0:
         run = _lanczos(op, max_iter=krylov_size, rtol=0.0, which="LA", seed=seed, dtype=dtype)
         basis, basis_trace, steps = run.basis, run.basis_trace, run.estimate.n_hvps
     estimate, samples = _deflated_hutchinson(
@@ -617,6 +629,8 @@ def hessian_metrics(
     trace_krylov_size: int = DEFAULT_TRACE_KRYLOV,
     trace_target_rse: float | None = DEFAULT_TRACE_TARGET_RSE,
     trace_min_samples: int = 10,
+    loss_fn: LossFn = F.cross_entropy,
+    dtype: torch.dtype = torch.float64,
 ) -> dict[str, float]:
     """Top eigenvalue and trace of the loss Hessian of ``model`` on one data subset.
 
@@ -631,19 +645,23 @@ def hessian_metrics(
     ``hessian_trace_uncertainty`` the trace's standard error. ``hessian_top_ev_hvps`` counts
     the Lanczos steps; ``hessian_trace_hvps`` counts every product the trace used, those
     Lanczos steps included, so it is also the total cost of the call.
+
+    Memory beyond the model: the Lanczos basis, one ``dim`` vector per step in ``dtype``
+    (at least ``trace_krylov_size``, at most ``eig_max_iter``); pass ``torch.float32`` to
+    halve it on large models.
     """
-    op = HessianOperator(model, images, labels, chunk_size=chunk_size)
+    op = HessianOperator(model, images, labels, chunk_size=chunk_size, loss_fn=loss_fn)
     _check_budget("eig_max_iter", eig_max_iter)
     if not eig_rtol > 0:
         raise ValueError(f"eig_rtol must be positive, got {eig_rtol}")
     _check_trace_options(trace_hvps, trace_krylov_size, trace_target_rse, "trace_krylov_size", 1)
     run = _lanczos(op, max_iter=max(eig_max_iter, trace_krylov_size), rtol=eig_rtol,
-                   which=which, seed=seed, dtype=torch.float64, min_iter=trace_krylov_size)
+                   which=which, seed=seed, dtype=dtype, min_iter=trace_krylov_size)
     steps = run.estimate.n_hvps
     trace, samples = _deflated_hutchinson(
         op, run.basis, run.basis_trace, max_samples=max(trace_hvps - steps, trace_min_samples),
         target_rse=trace_target_rse, min_samples=trace_min_samples,
-        generator=_generator(seed + 1), block_size=16, dtype=torch.float64)
+        generator=_generator(seed + 1), block_size=16, dtype=dtype)
     return {
         "hessian_top_ev": run.estimate.value,
         "hessian_top_ev_uncertainty": run.estimate.uncertainty,
