@@ -47,6 +47,7 @@ from tqdm import tqdm
 from zoo_builder.data import load_dataset
 from zoo_builder.landscape.hessian import (
     HessianOperator,
+    MatrixOperator,
     TraceEstimate,
     fixed_subset,
     hessian_metrics,
@@ -60,23 +61,6 @@ from zoo_builder.models import build_model, resnet18
 
 EIG_TOL, TRACE_TOL, SUCCESS = 0.01, 0.05, 0.9
 TARGET_RATIO = 3.0
-
-
-class DenseHessian:
-    """The formed Hessian as an operator (float32 storage, float64 results), counting products."""
-
-    def __init__(self, matrix: torch.Tensor):
-        self.matrix = matrix.float()
-        self.dim = matrix.shape[0]
-        self.n_hvps = 0
-
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        self.n_hvps += 1
-        return (self.matrix @ v.float()).double()
-
-    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
-        self.n_hvps += vectors.shape[1]
-        return (self.matrix @ vectors.float()).double()
 
 
 # ------------------------------------------------------------------------ model and data
@@ -217,7 +201,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--trial", type=Path, help="a zoo trial folder to use instead")
     parser.add_argument("--epoch", type=int, help="the trial's checkpoint epoch (default last)")
     parser.add_argument("--samples", type=int, default=128,
-                        help="training samples in the fixed subset (the pipeline uses ~512)")
+                        help="training samples in the fixed subset (the pipeline uses 200)")
     parser.add_argument("--repeats", type=int, default=50, help="seeds per trace estimate")
     parser.add_argument("--eig-repeats", type=int, default=20, help="start vectors per method")
     parser.add_argument("--max-hvps", type=int, default=500, help="largest Hutchinson budget")
@@ -263,8 +247,8 @@ def main() -> None:
 
     hessian32 = hessian.float()
 
-    def dense() -> DenseHessian:
-        return DenseHessian(hessian32)
+    def dense() -> MatrixOperator:
+        return MatrixOperator(hessian32)
 
     # ---- top eigenvalue
     seeds = range(args.eig_repeats)

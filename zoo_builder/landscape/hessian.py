@@ -122,6 +122,25 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
+class MatrixOperator:
+    """A formed symmetric matrix as an operator, counting products: exact references in
+    tests and benchmarks. Products are computed in the matrix's dtype (float32 storage halves
+    memory) and returned in the vector's."""
+
+    def __init__(self, matrix: Tensor):
+        self.matrix = matrix
+        self.dim = matrix.shape[0]
+        self.n_hvps = 0
+
+    def matvec(self, v: Tensor) -> Tensor:
+        self.n_hvps += 1
+        return (self.matrix @ v.to(self.matrix.dtype)).to(v.dtype)
+
+    def matmat(self, vectors: Tensor) -> Tensor:
+        self.n_hvps += vectors.shape[1]
+        return (self.matrix @ vectors.to(self.matrix.dtype)).to(vectors.dtype)
+
+
 class HessianOperator:
     """The Hessian of the mean cross-entropy of ``model`` over all of ``images``/``labels``.
 
