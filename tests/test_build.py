@@ -170,10 +170,10 @@ def test_mini_zoo_spans_underfitting_to_interpolation(tmp_path):
 def test_training_on_cuda_gives_cpu_loadable_checkpoints(tmp_path):
     if not torch.cuda.is_available():
         pytest.fail("the gpu marker needs a CUDA device")
-    from zoo_builder.train import train_trial
+    from zoo_builder.train import RunOptions, train_trial
 
     params = dict(TINY.trials()[0].params)
-    train_trial(params, tmp_path, device="cuda")
+    train_trial(params, tmp_path, options=RunOptions(device="cuda"))
     results = fmt.read_results(tmp_path)
     assert len(results) == TINY.epochs + 1
     assert all(r["train_loss"] is not None for r in results)

@@ -19,7 +19,8 @@ from zoo_builder.landscape.mode_connectivity import (
 )
 from zoo_builder.models import build_model, resnet18
 from zoo_builder.specs import SPECS
-from zoo_builder.train import evaluate, train_trial
+from zoo_builder.train import train_trial
+from zoo_builder.workloads import evaluate_classifier as evaluate
 
 #: The ends of the curves: seeds 0 and 1 of a digits ResNet-18 at width 8, batch 32, trained
 #: 3 epochs by the real trainer (about 80 % train accuracy; a clear barrier on the line).

@@ -20,9 +20,10 @@ from typing import Any, Iterator
 
 import wslbench
 from wslbench import zoo_format as fmt
-from zoo_builder.data import cached_dataset
-from zoo_builder.executors import LocalExecutor, parent_is_gone
+from zoo_builder.data import cached_dataset, dataset_options
+from zoo_builder.executors import Executor, LocalExecutor, parent_is_gone
 from zoo_builder.specs import ZooSpec
+from zoo_builder.train import RunOptions
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".build.lock"
@@ -39,7 +40,7 @@ class TrialJob:
     name: str
     params: dict[str, Any]
     trial_dir: Path
-    device: str = "cpu"
+    options: RunOptions = RunOptions()
 
 
 def zoo_id(spec: ZooSpec) -> str:
@@ -47,9 +48,14 @@ def zoo_id(spec: ZooSpec) -> str:
     return hashlib.sha256(f"{spec.name}:v{spec.version}:{spec.preset}".encode()).hexdigest()[:5]
 
 
-def build_zoo(spec: ZooSpec, out: str | os.PathLike, workers: int = 1, device: str = "cpu",
+def build_zoo(spec: ZooSpec, out: str | os.PathLike, workers: int = 1,
+              options: RunOptions = RunOptions(), executor: Executor | None = None,
               progress: bool = True) -> Path:
-    """Train every model of ``spec`` into ``out`` (resuming what is there); return the root."""
+    """Train every model of ``spec`` into ``out`` (resuming what is there); return the root.
+
+    ``executor`` runs the trials (default: a :class:`LocalExecutor` with ``workers``
+    processes); ``options`` say how to run them (device, precision, data root, ...).
+    """
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     with zoo_lock(out):
@@ -60,9 +66,10 @@ def build_zoo(spec: ZooSpec, out: str | os.PathLike, workers: int = 1, device: s
             if (out / name).exists():
                 log.info("redoing unfinished trial %s", name)
                 shutil.rmtree(out / name)
-        jobs = [TrialJob(name, plans[name].params, out / name, device) for name in pending]
-        failures = LocalExecutor(workers).run(run_trial_job, jobs, total=len(plans),
-                                              progress=progress, desc="building zoo")
+        jobs = [TrialJob(name, plans[name].params, out / name, options) for name in pending]
+        executor = executor or LocalExecutor(workers)
+        failures = executor.run(run_trial_job, jobs, total=len(plans), progress=progress,
+                                desc="building zoo")
         if failures:
             listing = "\n".join(f"  {name}: {error} (log: {out / name / fmt.TRIAL_LOG})"
                                 for name, error in failures.items())
@@ -117,6 +124,7 @@ def zoo_lock(root: Path) -> Iterator[None]:
 
 def run_trial_job(job: TrialJob) -> str | None:
     """Train one trial with its own log file; return an error message instead of raising."""
+    from zoo_builder.specs import load_plugin
     from zoo_builder.train import train_trial
 
     job.trial_dir.mkdir(parents=True, exist_ok=True)
@@ -126,9 +134,13 @@ def run_trial_job(job: TrialJob) -> str | None:
     trial_logger.addHandler(handler)
     trial_logger.setLevel(logging.INFO)
     try:
+        for plugin in job.options.plugins:
+            load_plugin(plugin)
         trial_logger.info("training %s with params %s", job.name, job.params)
-        train_trial(job.params, job.trial_dir, data=cached_dataset(job.params["dataset::name"]),
-                    device=job.device, should_stop=parent_is_gone)
+        data = cached_dataset(job.params["dataset::name"], job.options.data_root,
+                              **dataset_options(job.params))
+        train_trial(job.params, job.trial_dir, data=data, options=job.options,
+                    should_stop=parent_is_gone)
         return None
     except Exception as err:  # reported per trial; the build goes on with the others
         trial_logger.exception("trial %s failed", job.name)

@@ -44,11 +44,30 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def make_executor(args: argparse.Namespace):
+    """The executor that ``--executor`` names, set up from the build flags."""
+    if args.executor == "ray":
+        from zoo_builder.ray_executor import RayExecutor
+
+        return RayExecutor(address=args.address, cpus_per_trial=args.cpus_per_trial,
+                           gpus_per_trial=args.gpus_per_trial, max_retries=args.max_retries)
+    if args.address or args.gpus_per_trial:
+        raise ValueError("--address and --gpus-per-trial need --executor ray")
+    from zoo_builder.executors import LocalExecutor
+
+    return LocalExecutor(args.workers)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from zoo_builder.build import build_zoo
+    from zoo_builder.train import RunOptions
 
     spec = SPECS.get(args.spec).with_preset(args.preset)
-    root = build_zoo(spec, args.out, workers=args.workers, device=args.device)
+    options = RunOptions(device=args.device, precision=args.precision,
+                         channels_last=args.channels_last, compile=args.compile,
+                         max_micro_batch=args.max_micro_batch, data_root=args.data_root,
+                         plugins=tuple(args.plugin))
+    root = build_zoo(spec, args.out, options=options, executor=make_executor(args))
     print(f"zoo {spec.name} (preset {spec.preset}) complete in {root}")
     return 0
 
@@ -90,6 +109,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo-builder", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                        help="a Python file or module that registers new zoo specs, models or "
+                             "data sets (see docs/new_domain.md); repeatable")
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("ls", help="list zoo specs").set_defaults(run=cmd_ls)
@@ -103,8 +125,28 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("spec", help="a spec name (see `zoo-builder ls`)")
     build.add_argument("--preset", default="default", help="a preset of the spec, e.g. tiny, mini")
     build.add_argument("--out", required=True, help="the zoo's root folder (created; resumed)")
-    build.add_argument("--workers", type=int, default=1, help="models trained in parallel")
+    build.add_argument("--data-root", help="folder holding the data sets (default: "
+                                            "$WSLBENCH_DATA, else ~/.cache/wslbench/data)")
     build.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    build.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                       help="auto: bf16 autocast on CUDA, fp32 elsewhere")
+    build.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                       help="channels_last images and convolutions (auto: on CUDA)")
+    build.add_argument("--compile", action="store_true", help="train under torch.compile")
+    build.add_argument("--max-micro-batch", type=int,
+                       help="accumulate gradients over micro-batches of at most this size "
+                            "(default: whole batches, halved on CUDA out-of-memory)")
+    build.add_argument("--executor", choices=["local", "ray"], default="local",
+                       help="local: this machine's processes; ray: Ray Tune trials")
+    build.add_argument("--workers", type=int, default=1,
+                       help="local executor: models trained in parallel")
+    build.add_argument("--address", help="ray executor: cluster address (default: start a "
+                                         "local Ray instance)")
+    build.add_argument("--cpus-per-trial", type=float, default=1, help="ray executor")
+    build.add_argument("--gpus-per-trial", type=float, default=0,
+                       help="ray executor: GPUs (or a fraction) per trial")
+    build.add_argument("--max-retries", type=int, default=2,
+                       help="ray executor: retries of a failed trial")
     build.set_defaults(run=cmd_build)
 
     annotate = commands.add_parser(
@@ -142,7 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv)
+    return run_command(build_parser(), argv, before=_load_plugins)
+
+
+def _load_plugins(args: argparse.Namespace) -> None:
+    from zoo_builder.specs import load_plugin
+
+    for plugin in args.plugin:
+        load_plugin(plugin)
 
 
 if __name__ == "__main__":

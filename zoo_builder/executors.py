@@ -22,6 +22,14 @@ class Job(Protocol):
     name: str
 
 
+class Executor(Protocol):
+    """Runs independent jobs; :class:`LocalExecutor` here, a Ray Tune one for clusters."""
+
+    def run(self, function: Callable[[Job], str | None], jobs: Sequence[Job], total: int,
+            progress: bool = True, desc: str = "") -> dict[str, str]:
+        """Run ``function(job)`` for every job; return {job name: error} for the failures."""
+        ...
+
 
 class LocalExecutor:
     """Runs jobs on this machine: in this process (workers=1) or in a process pool."""

@@ -8,7 +8,12 @@ Presets swap in smaller grids or fewer epochs under the same name, e.g. ``tiny``
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib
+import importlib.util
 import itertools
+import sys
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,3 +155,28 @@ SPECS.register("digits-resnet18", ZooSpec(
                        epochs=20, checkpoint_epochs=(5, 10, 15)),
     },
 ))
+
+
+def load_plugin(target: str) -> None:
+    """Import a plugin: a Python file (``my_zoo.py``) or a module (``mypkg.zoos``) that
+    registers zoo specs, model factories, data sets or workloads of a new domain.
+
+    Importing twice does nothing, so build workers can import what the command line named.
+    """
+    if target.endswith(".py") or Path(target).is_file():
+        path = Path(target).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"plugin file '{path}' does not exist")
+        name = f"wslbench_plugin_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+        if name in sys.modules:
+            return
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    else:
+        importlib.import_module(target)

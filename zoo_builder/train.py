@@ -1,128 +1,232 @@
 """Train one model of a zoo, top to bottom, writing its trial folder as it goes.
 
-The paper's recipe: SGD (lr 0.1, momentum 0.9, weight decay 5e-4), OneCycleLR with cosine
-annealing (max_lr = lr), cross-entropy, augmentation by random crop, flip and rotation. The
-data stay on the device as tensors; each batch is augmented in one batched call (no
-DataLoader, no per-sample Python). Train and test loss/accuracy are measured in eval mode on
-the clean train and test sets before training (epoch 0) and after every epoch; line n of
-result.json is epoch n; each line also records ``time_this_iter_s`` (the epoch's training
-steps) and ``time_eval_s`` (measuring the four metrics). Checkpoints are saved at the spec's
-epochs (always the first and last).
+One loop serves every zoo; what differs between image classification, language modelling
+and PINNs (batches, loss, metrics) comes from the model's workload (zoo_builder.workloads).
+The recipe is the paper's: SGD or AdamW with OneCycleLR (cosine, max_lr = lr) stepped per
+optimizer step, or L-BFGS with a strong-Wolfe line search for PINNs. The data stay on the
+device as tensors, and image batches are augmented in one batched call. Metrics are measured
+in eval mode before training (epoch 0) and after every epoch; line n of result.json is epoch
+n; each line also records ``time_this_iter_s`` (the epoch's training steps),
+``time_eval_s`` and ``lr_last_step``. Checkpoints are saved at the spec's epochs (always the
+first and last).
 
+How a model is run (device, precision, compilation, micro-batches) is a :class:`RunOptions`,
+not part of the model's params: on a GPU the same code runs under bf16 autocast with
+channels_last images, and a batch that does not fit in memory is split into micro-batches
+whose gradients are accumulated (the effective batch size stays the one of the grid).
+
+Run one model by hand with ``zoo-builder build SPEC --preset tiny --out DIR``;
 :func:`train_trial` is what every executor runs for one model (see zoo_builder.build).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from wslbench import zoo_format as fmt
-from zoo_builder.data import ImageData, load_dataset
-from zoo_builder.data.images import Augmentation
+from zoo_builder.data import dataset_options, load_dataset
 from zoo_builder.models import build_model
+from zoo_builder.workloads import Workload, make_workload
 
 log = logging.getLogger(__name__)
-
-EVAL_BATCH_SIZE = 1024
 
 
 class TrialAborted(RuntimeError):
     """Training stopped before the end (the build that started it is gone)."""
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, data: ImageData, images: torch.Tensor, labels: torch.Tensor
-             ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` (in eval mode) on a labelled set."""
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(images), EVAL_BATCH_SIZE):
-        logits = model(data.normalize(images[start:start + EVAL_BATCH_SIZE]))
-        target = labels[start:start + EVAL_BATCH_SIZE]
-        loss_sum += F.cross_entropy(logits.float(), target, reduction="sum").item()
-        correct += (logits.argmax(dim=1) == target).sum().item()
-    return loss_sum / len(images), correct / len(images)
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run training; nothing here changes which model the grid asks for.
+
+    ``precision``: "auto" is bf16 autocast on CUDA and fp32 elsewhere; "fp32" or "bf16"
+    force one. ``channels_last``: "auto" uses it for convolutional image models on CUDA.
+    ``max_micro_batch`` splits larger batches into micro-batches whose gradients are
+    accumulated; without it, a CUDA out-of-memory error halves the micro-batch and redoes the
+    step. ``compile`` wraps the model in torch.compile. ``data_root`` is where the data sets
+    lie (default $WSLBENCH_DATA or ~/.cache/wslbench/data). ``plugins`` are Python files or
+    modules to import before training (they register the models, data and specs of new
+    domains, see docs/new_domain.md).
+    """
+
+    device: str = "cpu"
+    precision: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
+    max_micro_batch: int | None = None
+    data_root: str | None = None
+    plugins: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
+        if self.channels_last not in ("auto", "on", "off"):
+            raise ValueError(f"channels_last must be auto, on or off, not {self.channels_last!r}")
+        if self.max_micro_batch is not None and self.max_micro_batch < 1:
+            raise ValueError(f"max_micro_batch must be positive, not {self.max_micro_batch}")
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        if self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda"):
+            return torch.bfloat16
+        return None
+
+    def use_channels_last(self, device: torch.device) -> bool:
+        return self.channels_last == "on" or (self.channels_last == "auto"
+                                              and device.type == "cuda")
+
+    def describe(self) -> dict[str, Any]:
+        return {key: value for key, value in dataclasses.asdict(self).items()
+                if key not in ("data_root", "plugins")}
 
 
-def epoch_metrics(model: nn.Module, data: ImageData, epoch: int) -> dict[str, Any]:
-    train_loss, train_acc = evaluate(model, data, data.train_x, data.train_y)
-    test_loss, test_acc = evaluate(model, data, data.test_x, data.test_y)
-    return {"epoch": epoch, "training_iteration": epoch, "train_loss": train_loss,
-            "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
+def build_optimizer(params: dict[str, Any], model: nn.Module, workload: Workload
+                    ) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimizer of ``optim::optimizer`` and its per-step scheduler (or None)."""
+    kind = params.get("optim::optimizer", "sgd")
+    lr, wd = float(params["optim::lr"]), float(params.get("optim::wd", 0.0))
+    if kind == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr,
+                                    momentum=float(params.get("optim::momentum", 0.0)),
+                                    weight_decay=wd)
+    elif kind == "adamw":
+        # Decay matrices and kernels only, not biases, norms and embeddings' 1-D companions
+        # (nanoGPT's convention, also the usual one for ViTs).
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        betas = tuple(params.get("optim::betas", (0.9, 0.999)))
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": wd},
+                                       {"params": no_decay, "weight_decay": 0.0}],
+                                      lr=lr, betas=betas)
+    elif kind == "lbfgs":
+        optimizer = torch.optim.LBFGS(
+            model.parameters(), lr=lr, max_iter=int(params.get("optim::max_iter", 20)),
+            history_size=int(params.get("optim::history_size", 50)),
+            line_search_fn=params.get("optim::line_search", "strong_wolfe"),
+            tolerance_grad=float(params.get("optim::tolerance_grad", 1e-9)),
+            tolerance_change=float(params.get("optim::tolerance_change", 1e-12)))
+        return optimizer, None
+    else:
+        raise ValueError(f"unknown optim::optimizer {kind!r}; known: sgd, adamw, lbfgs")
+    scheduler = None
+    if params.get("optim::scheduler") == "onecycle":
+        total_steps = int(params["training::epochs_train"]) * workload.steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=lr, total_steps=max(total_steps, 1), anneal_strategy="cos")
+    return optimizer, scheduler
+
+
+class StepRunner:
+    """One optimizer step on a batch, with gradient accumulation over micro-batches.
+
+    With ``micro_batch`` None the batch runs whole; on a CUDA out-of-memory error the
+    micro-batch halves and the step is redone from the same weights (gradients are zeroed
+    first, so nothing of the failed attempt counts). Micro-batch losses are weighted by their
+    share of the batch, so the accumulated gradient is the batch mean's.
+    """
+
+    def __init__(self, model: nn.Module, workload: Workload, optimizer: torch.optim.Optimizer,
+                 micro_batch: int | None):
+        self.model, self.workload, self.optimizer = model, workload, optimizer
+        self.micro_batch = micro_batch
+
+    def step(self, batch: Any) -> None:
+        if isinstance(self.optimizer, torch.optim.LBFGS):
+            self.optimizer.step(lambda: self._accumulate(batch))
+            return
+        while True:
+            try:
+                self._accumulate(batch)
+                break
+            except torch.OutOfMemoryError:
+                size = self.micro_batch or self.workload.batch_length(batch)
+                if size <= 1:
+                    raise
+                self.micro_batch = size // 2
+                self.optimizer.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                log.warning("out of memory: gradient accumulation over micro-batches of %d",
+                            self.micro_batch)
+        self.optimizer.step()
+
+    def _accumulate(self, batch: Any) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = [batch] if self.micro_batch is None else self.workload.split(batch, self.micro_batch)
+        total = sum(self.workload.batch_length(part) for part in parts)
+        loss_sum = 0.0
+        for part in parts:
+            loss = self.workload.loss(self.model, part)
+            (loss * (self.workload.batch_length(part) / total)).backward()
+            loss_sum += loss.detach() * (self.workload.batch_length(part) / total)
+        return loss_sum
 
 
 def train_trial(
     params: dict[str, Any],
     trial_dir: os.PathLike,
-    data: ImageData | None = None,
-    device: str = "cpu",
+    data: Any = None,
+    options: RunOptions = RunOptions(),
     should_stop: Callable[[], bool] = lambda: False,
 ) -> None:
     """Train the model that ``params`` (a flat params.json) describes into ``trial_dir``.
 
+    ``data`` is the loaded data set (loaded from ``options.data_root`` if None).
     ``should_stop`` is asked after every epoch; when it says yes the trial stops unfinished
     (its folder has no completion marker, so a resumed build redoes it).
     """
+    device = torch.device(options.device)
     fmt.write_params(trial_dir, params)
     seed = int(params["seed"])
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     if data is None:
-        data = load_dataset(params["dataset::name"])
-    data = data.to(device)
+        data = load_dataset(params["dataset::name"], options.data_root, **dataset_options(params))
+    workload = make_workload(params, data.to(device), device)
+    workload.use_autocast(options.autocast_dtype(device))
 
     model_args = fmt.params_section(params, "model")
-    model = build_model(model_args).to(device)
-    augment = Augmentation(**fmt.params_section(params, "augment"))
-    epochs, batch_size = int(params["training::epochs_train"]), int(params["training::batchsize"])
-    saved_epochs = set(params["training::checkpoint_epochs"]) | {0, epochs}
-    # Every step sees a full batch; the remainder of the shuffled epoch is dropped (a last
-    # batch of a few samples gives BatchNorm wild statistics and derails training). A batch
-    # size above the training set size means full-batch steps.
-    batch_size = min(batch_size, len(data.train_x))
-    steps_per_epoch = len(data.train_x) // batch_size
-    optimizer = torch.optim.SGD(model.parameters(), lr=params["optim::lr"],
-                                momentum=params["optim::momentum"], weight_decay=params["optim::wd"])
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=params["optim::lr"], total_steps=epochs * steps_per_epoch,
-        anneal_strategy="cos")
+    model = workload.prepare_model(build_model(model_args), options.use_channels_last(device))
+    trained = torch.compile(model) if options.compile else model
+    optimizer, scheduler = build_optimizer(params, model, workload)
+    runner = StepRunner(trained, workload, optimizer, options.max_micro_batch)
+    epochs = int(params["training::epochs_train"])
+    saved_epochs = set(params.get("training::checkpoint_epochs", ())) | {0, epochs}
+    log.info("run options %s; %d steps per epoch", options.describe(), workload.steps_per_epoch)
 
     rows: list[dict[str, Any]] = []
     hashes: dict[str, str] = {}
 
     def finish_epoch(epoch: int, seconds: float) -> None:
         started = time.perf_counter()
-        metrics = epoch_metrics(model, data, epoch)
-        rows.append({**metrics, "time_this_iter_s": seconds,
-                     "time_eval_s": time.perf_counter() - started,
-                     "lr_last_step": scheduler.get_last_lr()[0]})
+        metrics = workload.metrics(model)
+        rows.append({"epoch": epoch, "training_iteration": epoch, **metrics,
+                     "time_this_iter_s": seconds, "time_eval_s": time.perf_counter() - started,
+                     "lr_last_step": optimizer.param_groups[0]["lr"]})
+        if runner.micro_batch is not None:
+            rows[-1]["micro_batchsize"] = runner.micro_batch
         fmt.write_results(trial_dir, rows)
         if epoch in saved_epochs:
             hashes.update(fmt.save_checkpoint(trial_dir, epoch, model.state_dict(), model_args))
-        log.info("epoch %d: train loss %.4f acc %.4f | test loss %.4f acc %.4f (%.1fs)", epoch,
-                 rows[-1]["train_loss"], rows[-1]["train_acc"], rows[-1]["test_loss"],
-                 rows[-1]["test_acc"], seconds)
+        log.info("epoch %d: %s (%.1fs)", epoch, ", ".join(
+            f"{key} {value:.4f}" for key, value in metrics.items()), seconds)
 
     finish_epoch(0, 0.0)
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(data.train_x), generator=generator, device=device)
-        for step in range(steps_per_epoch):
-            index = order[step * batch_size:(step + 1) * batch_size]
-            images = data.normalize(augment(data.train_x[index], generator))
-            loss = F.cross_entropy(model(images), data.train_y[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+        trained.train()
+        for batch in workload.epoch_batches(generator):
+            runner.step(batch)
+            if scheduler is not None:
+                scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         finish_epoch(epoch, time.perf_counter() - started)
         if should_stop():
             raise TrialAborted(f"stopped after epoch {epoch} of {epochs}")

@@ -48,7 +48,7 @@ from torch.nn import functional as F
 from zoo_builder.data import ImageData
 from zoo_builder.data.images import Augmentation
 from zoo_builder.landscape.batchnorm import recompute_batchnorm_statistics
-from zoo_builder.train import evaluate
+from zoo_builder.workloads import evaluate_classifier
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +233,8 @@ def bezier_mode_connectivity(
                     parameter.copy_(weights[name])
             recompute_batchnorm_statistics(net, data.train_x, data.normalize,
                                            batch_size=batch_size)
-            train_loss, train_acc = evaluate(net, data, data.train_x, data.train_y)
-            test_loss, test_acc = evaluate(net, data, data.test_x, data.test_y)
+            train_loss, train_acc = evaluate_classifier(net, data, data.train_x, data.train_y)
+            test_loss, test_acc = evaluate_classifier(net, data, data.test_x, data.test_y)
         curves["train_error"].append(100.0 * (1.0 - train_acc))
         curves["test_error"].append(100.0 * (1.0 - test_acc))
         curves["train_loss"].append(train_loss)
