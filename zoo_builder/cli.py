@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 from wslbench.commands import run_command
@@ -11,31 +12,34 @@ from zoo_builder.specs import SPECS, ZooSpec
 
 
 def describe(spec: ZooSpec) -> str:
-    n_models = len(spec.load.values) * len(spec.temperature.values) * len(spec.seeds)
+    """Everything a spec (with its preset applied) trains: grid, schedule and settings."""
     lines = [
         f"{spec.name} v{spec.version} (preset {spec.preset}): {spec.description}",
-        f"  models      {n_models} = {len(spec.load.values)} {spec.load.label} x "
+        f"  models      {spec.num_models} = {len(spec.load.values)} {spec.load.label} x "
         f"{len(spec.temperature.values)} {spec.temperature.label} x {len(spec.seeds)} seeds",
         f"  load        {spec.load.key} = {list(spec.load.values)}",
         f"  temperature {spec.temperature.key} = {list(spec.temperature.values)}",
         f"  seeds       {list(spec.seeds)}",
         f"  epochs      {spec.epochs}, checkpoints at {list(spec.saved_epochs)}",
-        f"  dataset     {spec.dataset}",
+        f"  dataset     {spec.dataset} {spec.data or ''}".rstrip(),
         f"  model       {spec.model}",
         f"  optim       {spec.optim}",
         f"  augment     {spec.augment}",
+        f"  training    {spec.training}",
         "  presets     " + ", ".join(["default", *spec.presets]),
     ]
+    if spec.notes:
+        lines += textwrap.wrap(spec.notes, width=96, initial_indent="  notes       ",
+                               subsequent_indent=" " * 14)
     return "\n".join(lines)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
     for name in SPECS:
         spec = SPECS.get(name)
-        counts = ", ".join(
-            f"{preset}: {len(s.load.values) * len(s.temperature.values) * len(s.seeds)}"
-            for preset in ["default", *spec.presets] for s in [spec.with_preset(preset)])
-        print(f"{name:<24} models per preset ({counts})  {spec.description}")
+        counts = ", ".join(f"{preset} {spec.with_preset(preset).num_models}"
+                           for preset in ["default", *spec.presets])
+        print(f"{name:<22} {spec.description}\n{'':<22} models per preset: {counts}")
     return 0
 
 

@@ -13,8 +13,8 @@ import importlib
 import importlib.util
 import itertools
 import sys
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from wslbench.registry import Registry
@@ -32,7 +32,11 @@ class Axis:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named variant of a spec's grid and schedule; fields left as None keep the spec's."""
+    """A named variant of a spec: a smaller grid, a shorter schedule, smaller settings.
+
+    Fields left as None keep the spec's; ``overrides`` update single settings of a section,
+    e.g. ``{"model": {"n_layer": 2}, "training": {"steps_per_epoch": 5}}``.
+    """
 
     description: str
     load_values: tuple[Any, ...] | None = None
@@ -40,23 +44,38 @@ class Preset:
     seeds: tuple[int, ...] | None = None
     epochs: int | None = None
     checkpoint_epochs: tuple[int, ...] | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+#: The sections of a spec that a preset's ``overrides`` may update.
+SECTIONS = ("model", "optim", "augment", "training", "data")
 
 
 @dataclass(frozen=True)
 class ZooSpec:
+    """A zoo as data: every model's params.json follows from it (see :meth:`trials`).
+
+    ``training`` holds further ``training::`` settings (e.g. the workload, steps per epoch);
+    ``data`` holds the data set's options (``dataset::`` keys, e.g. the PDE coefficient).
+    ``notes`` say where a setting departs from, or fills a gap of, the paper.
+    """
+
     name: str
     version: int
     description: str
     dataset: str
     model: dict[str, Any]
     optim: dict[str, Any]
-    augment: dict[str, Any]
     load: Axis
     temperature: Axis
     seeds: tuple[int, ...]
     epochs: int
     checkpoint_epochs: tuple[int, ...]
+    augment: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
     presets: dict[str, Preset] = field(default_factory=dict)
+    notes: str = ""
     preset: str = "default"
 
     def with_preset(self, name: str) -> "ZooSpec":
@@ -69,6 +88,12 @@ class ZooSpec:
                 f"{['default', *sorted(self.presets)]}"
             )
         preset = self.presets[name]
+        unknown = set(preset.overrides) - set(SECTIONS)
+        if unknown:
+            raise ValueError(f"preset '{name}' of spec '{self.name}' overrides unknown "
+                             f"sections {sorted(unknown)}; sections: {list(SECTIONS)}")
+        sections = {section: {**getattr(self, section), **preset.overrides.get(section, {})}
+                    for section in SECTIONS}
         return dataclasses.replace(
             self,
             preset=name,
@@ -78,7 +103,12 @@ class ZooSpec:
             seeds=preset.seeds or self.seeds,
             epochs=preset.epochs or self.epochs,
             checkpoint_epochs=preset.checkpoint_epochs or self.checkpoint_epochs,
+            **sections,
         )
+
+    @property
+    def num_models(self) -> int:
+        return len(self.load.values) * len(self.temperature.values) * len(self.seeds)
 
     @property
     def saved_epochs(self) -> tuple[int, ...]:
@@ -102,9 +132,9 @@ class ZooSpec:
             "model": dict(self.model),
             "optim": dict(self.optim),
             "training": {"epochs_train": self.epochs,
-                         "checkpoint_epochs": list(self.saved_epochs)},
+                         "checkpoint_epochs": list(self.saved_epochs), **self.training},
             "augment": dict(self.augment),
-            "dataset": {"name": self.dataset},
+            "dataset": {"name": self.dataset, **self.data},
             "seed": seed,
         }
         params = flatten_params(nested)
@@ -120,41 +150,20 @@ class TrialPlan:
     index: int
     params: dict[str, Any]
 
+    #: params.json key -> tag in the trial folder name (Ray Tune's style, published names).
+    FOLDER_TAGS = {"model::width": "model_width", "model::embedding_dim": "model_embedding_dim",
+                   "model::model_dim": "model_model_dim", "dataset::beta": "dataset_beta",
+                   "optim::lr": "optim_lr", "optim::wd": "optim_wd", "seed": "seed",
+                   "training::batchsize": "training_batchsize"}
+
     def folder_name(self, zoo_id: str) -> str:
         """A Ray-Tune-style trial folder name, stable across runs so that a build can resume."""
-        short = {"model::width": "model_width", "optim::lr": "optim_lr", "optim::wd": "optim_wd",
-                 "seed": "seed", "training::batchsize": "training_batchsize"}
-        tags = ",".join(f"{tag}={self.params[key]}" for key, tag in short.items()
+        tags = ",".join(f"{tag}={self.params[key]}" for key, tag in self.FOLDER_TAGS.items()
                         if key in self.params)
         return f"NN_tune_trainable_{zoo_id}_{self.index:05d}_{self.index}_{tags}"
 
 
 SPECS: Registry[ZooSpec] = Registry("zoo spec")
-
-SPECS.register("digits-resnet18", ZooSpec(
-    name="digits-resnet18",
-    version=1,
-    description="ResNet-18 on sklearn's 8x8 digits: the embedded default vision zoo",
-    dataset="digits",
-    model={"type": "resnet18", "o_dim": 10, "channels_in": 1, "init_type": "kaiming_uniform"},
-    optim={"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "wd": 5e-4, "scheduler": "onecycle"},
-    # Digits are 8x8: a 1-pixel crop pad is the 4/32 of CIFAR scaled down. No flip: a mirrored
-    # 2 or 5 is a different glyph, so flipping would add label noise, not invariance.
-    augment={"crop_padding": 1, "horizontal_flip": False, "rotation_degrees": 10.0},
-    load=Axis("model::width", "width", (1, 2, 4, 8, 16)),
-    temperature=Axis("training::batchsize", "batch size", (8, 32, 128, 512)),
-    seeds=(0, 1, 2),
-    epochs=30,
-    checkpoint_epochs=(5, 10, 20),
-    presets={
-        "tiny": Preset("12 models x 2 epochs, for tests (seconds)",
-                       load_values=(1, 2, 4), temperature_values=(64, 512), seeds=(0, 1),
-                       epochs=2, checkpoint_epochs=(1,)),
-        "mini": Preset("the quickstart zoo: 5 widths x 5 batch sizes x 3 seeds (minutes)",
-                       load_values=(1, 2, 4, 8, 16), temperature_values=(16, 32, 64, 256, 512),
-                       epochs=20, checkpoint_epochs=(5, 10, 15)),
-    },
-))
 
 
 def load_plugin(target: str) -> None:
@@ -180,3 +189,7 @@ def load_plugin(target: str) -> None:
             raise
     else:
         importlib.import_module(target)
+
+
+# The catalogue registers every spec of the project into SPECS (it imports this module).
+from zoo_builder import catalog  # noqa: E402,F401

@@ -38,7 +38,7 @@ class Workload(ABC):
         self.params = params
         self.data = data
         self.device = device
-        self.batch_size = int(params.get("training::batchsize", 0))
+        self.batch_size = int(params.get("training::batchsize", 1))
         self.autocast: contextlib.AbstractContextManager = contextlib.nullcontext()
 
     def use_autocast(self, dtype: torch.dtype | None) -> None:

@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 from torch import nn
 
-from zoo_builder.models.resnet import resnet18
+from zoo_builder.models.gpt import gpt2
+from zoo_builder.models.pinn import pinn_mlp
+from zoo_builder.models.resnet import resnet18, resnet50
+from zoo_builder.models.vit import vit
 
 #: model::type -> factory taking the remaining model arguments.
-MODEL_FACTORIES: dict[str, Callable[..., nn.Module]] = {"resnet18": resnet18}
+MODEL_FACTORIES: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "vit": vit,
+    "gpt2": gpt2,
+    "pinn_mlp": pinn_mlp,
+}
 
 #: Names the published params.json uses (``model::o_dim``) -> the factories' argument names.
 PUBLISHED_ARG_NAMES = {"o_dim": "num_classes", "channels_in": "in_channels"}
 
+#: The init a factory without an ``init_type`` argument always uses.
+DEFAULT_INIT_TYPE = "kaiming_uniform"
+
 
 def build_model(model_args: dict[str, Any]) -> nn.Module:
-    """Build a model from its arguments, e.g. ``{"type": "resnet18", "width": 8, ...}``."""
+    """Build a model from its arguments, e.g. ``{"type": "resnet18", "width": 8, ...}``.
+
+    ``init_type`` goes to factories that take it (``gpt2``); the others only have the zoos'
+    Kaiming-uniform init, so for them it must be absent or ``"kaiming_uniform"``.
+    """
     args = dict(model_args)
     kind = args.pop("type", None)
     if kind not in MODEL_FACTORIES:
@@ -24,11 +41,18 @@ def build_model(model_args: dict[str, Any]) -> nn.Module:
             f"unknown model type {kind!r} in model arguments {model_args}; known types: "
             f"{sorted(MODEL_FACTORIES)}"
         )
-    args.pop("init_type", None)  # only one init exists so far; recorded for the summary table
+    factory = MODEL_FACTORIES[kind]
+    if "init_type" not in inspect.signature(factory).parameters:
+        init_type = args.pop("init_type", None)
+        if init_type not in (None, DEFAULT_INIT_TYPE):
+            raise ValueError(
+                f"model type {kind!r} only has the {DEFAULT_INIT_TYPE!r} init, but its model "
+                f"arguments ask for init_type={init_type!r}; use {DEFAULT_INIT_TYPE!r} or drop it"
+            )
     for published, ours in PUBLISHED_ARG_NAMES.items():
         if published in args:
             args[ours] = args.pop(published)
-    return MODEL_FACTORIES[kind](**args)
+    return factory(**args)
 
 
-__all__ = ["MODEL_FACTORIES", "build_model", "resnet18"]
+__all__ = ["MODEL_FACTORIES", "build_model", "gpt2", "pinn_mlp", "resnet18", "resnet50", "vit"]
