@@ -57,7 +57,7 @@ from zoo_builder.landscape.hessian import (
     lanczos_top_eigenvalue,
     power_iteration_top_eigenvalue,
 )
-from zoo_builder.models import build_model, resnet18
+from zoo_builder.models import build_model, load_weights, resnet18
 
 EIG_TOL, TRACE_TOL, SUCCESS = 0.01, 0.05, 0.9
 TARGET_RATIO = 3.0
@@ -97,8 +97,8 @@ def load_trial(trial_dir: Path, epoch: int | None) -> tuple[nn.Module, str]:
     epochs = fmt.checkpoint_epochs(trial_dir)
     if not epochs:
         raise SystemExit(f"trial '{trial_dir}' has no checkpoints; pass a trained trial folder")
-    model = build_model(fmt.params_section(params, "model"))
-    model.load_state_dict(fmt.load_state_dict(trial_dir, epochs[-1] if epoch is None else epoch))
+    model = load_weights(build_model(fmt.params_section(params, "model")),
+                         fmt.load_state_dict(trial_dir, epochs[-1] if epoch is None else epoch))
     return model.eval(), params.get("dataset::name", "digits")
 
 

@@ -36,7 +36,7 @@ from wslbench.zoo import ModelRecord, Zoo
 from zoo_builder.data import ImageData, cached_dataset
 from zoo_builder.data.images import Augmentation
 from zoo_builder.executors import LocalExecutor
-from zoo_builder.models import build_model
+from zoo_builder.models import build_model, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +154,7 @@ def dataset_for(model: ModelRecord, override: str | None = None) -> ImageData:
 
 
 def load_model(model: ModelRecord, epoch: int, device: str) -> torch.nn.Module:
-    network = build_model(model.model_args)
-    network.load_state_dict(model.state_dict(epoch))
+    network = load_weights(build_model(model.model_args), model.state_dict(epoch))
     return network.to(device).eval()
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+import torch
 from torch import nn
 
 from zoo_builder.models.gpt import gpt2
@@ -24,6 +25,16 @@ MODEL_FACTORIES: dict[str, Callable[..., nn.Module]] = {
 #: Names the published params.json uses (``model::o_dim``) -> the factories' argument names.
 PUBLISHED_ARG_NAMES = {"o_dim": "num_classes", "channels_in": "in_channels"}
 
+#: model::type of the published zoos (the reference code's class names) -> ours.
+PUBLISHED_MODEL_TYPES = {"Resnet18_width": "resnet18", "Resnet50_width": "resnet50"}
+
+#: Further arguments of the published ResNets -> the one value our ResNets implement.
+PUBLISHED_FIXED_ARGS = {"nlin": "relu", "dropout": 0.0, "use_bias": False}
+
+#: Published state_dict key parts -> ours (the reference ResNets are torchvision's, whose
+#: projection shortcut is called ``downsample``).
+PUBLISHED_KEY_RENAMES = {".downsample.": ".shortcut."}
+
 #: The init a factory without an ``init_type`` argument always uses.
 DEFAULT_INIT_TYPE = "kaiming_uniform"
 
@@ -36,6 +47,13 @@ def build_model(model_args: dict[str, Any]) -> nn.Module:
     """
     args = dict(model_args)
     kind = args.pop("type", None)
+    if kind in PUBLISHED_MODEL_TYPES:
+        kind = PUBLISHED_MODEL_TYPES[kind]
+        for name, supported in PUBLISHED_FIXED_ARGS.items():
+            value = args.pop(name, supported)
+            if value not in (supported, None) and str(value).lower() != str(supported).lower():
+                raise ValueError(f"published model argument {name}={value!r} is not supported "
+                                 f"(only {supported!r}) in {model_args}")
     if kind not in MODEL_FACTORIES:
         raise ValueError(
             f"unknown model type {kind!r} in model arguments {model_args}; known types: "
@@ -55,4 +73,15 @@ def build_model(model_args: dict[str, Any]) -> nn.Module:
     return factory(**args)
 
 
-__all__ = ["MODEL_FACTORIES", "build_model", "gpt2", "pinn_mlp", "resnet18", "resnet50", "vit"]
+def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load a checkpoint's state_dict into ``model`` (strictly), renaming published keys."""
+    renamed = {}
+    for key, value in state_dict.items():
+        for published, ours in PUBLISHED_KEY_RENAMES.items():
+            key = key.replace(published, ours)
+        renamed[key] = value
+    model.load_state_dict(renamed)
+    return model
+
+
+__all__ = ["MODEL_FACTORIES", "build_model", "load_weights", "gpt2", "pinn_mlp", "resnet18", "resnet50", "vit"]
