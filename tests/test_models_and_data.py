@@ -60,7 +60,7 @@ def test_digits_split_is_fixed_and_stratified():
     assert torch.allclose(train_share, test_share, atol=0.01)
     normalized = first.normalize(first.train_x)
     assert abs(normalized.mean().item()) < 1e-4 and abs(normalized.std().item() - 1) < 1e-2
-    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+    with pytest.raises(KeyError, match="unknown dataset .cifar."):
         load_dataset("cifar")
 
 

@@ -33,7 +33,7 @@ import torch
 
 from wslbench import zoo_format as fmt
 from wslbench.zoo import ModelRecord, Zoo
-from zoo_builder.data import ImageData, cached_dataset
+from zoo_builder.data import ImageData, cached_dataset, dataset_options
 from zoo_builder.data.images import Augmentation
 from zoo_builder.executors import LocalExecutor
 from zoo_builder.models import build_model, load_weights
@@ -85,16 +85,18 @@ class GridPointJob:
     settings: AnnotationSettings = field(default_factory=AnnotationSettings)
     device: str = "cpu"
     dataset: str | None = None
+    data_root: str | None = None
 
 
 def annotate_zoo(root: str | Path, groups: Sequence[str] = METRIC_GROUPS,
                  epochs: Sequence[int] | None = None, force: bool = False, workers: int = 1,
                  device: str = "cpu", settings: AnnotationSettings = AnnotationSettings(),
-                 dataset: str | None = None, progress: bool = True) -> Zoo:
+                 dataset: str | None = None, data_root: str | None = None,
+                 progress: bool = True) -> Zoo:
     """Annotate every model of the zoo at ``root``; return the zoo read back.
 
     ``dataset`` names the training data where params.json does not (published zoos record
-    only the path of a data dump)."""
+    only the path of a data dump); ``data_root`` is where the data sets lie."""
     from zoo_builder.build import zoo_lock
 
     unknown = sorted(set(groups) - set(METRIC_GROUPS))
@@ -105,7 +107,7 @@ def annotate_zoo(root: str | Path, groups: Sequence[str] = METRIC_GROUPS,
         GridPointJob(name=f"grid point {index}", trial_dirs=tuple(m.path for m in models),
                      epochs=tuple(epochs) if epochs is not None else None,
                      groups=tuple(g for g in groups if g != "phase"), force=force,
-                     settings=settings, device=device, dataset=dataset)
+                     settings=settings, device=device, dataset=dataset, data_root=data_root)
         for index, models in enumerate(grid_points(zoo).values())
     ]
     with zoo_lock(zoo.root):
@@ -142,7 +144,8 @@ def annotation_epochs(model: ModelRecord, epochs: Sequence[int] | None) -> list[
     return list(epochs)
 
 
-def dataset_for(model: ModelRecord, override: str | None = None) -> ImageData:
+def dataset_for(model: ModelRecord, override: str | None = None,
+                data_root: str | None = None) -> ImageData:
     """The training data of a model, which every landscape metric needs."""
     name = override or model.params.get("dataset::name")
     if name is None:
@@ -150,7 +153,9 @@ def dataset_for(model: ModelRecord, override: str | None = None) -> ImageData:
             f"model '{model.path}' does not name its data set (no 'dataset::name' in "
             "params.json), so its loss landscape cannot be measured; pass --dataset with a "
             "data set zoo-builder knows (see zoo_builder.data.DATASETS)")
-    return cached_dataset(name)
+    if override is None:
+        return cached_dataset(name, data_root, **dataset_options(model.params))
+    return cached_dataset(name, data_root)
 
 
 def load_model(model: ModelRecord, epoch: int, device: str) -> torch.nn.Module:
@@ -165,7 +170,7 @@ def annotate_grid_point(job: GridPointJob) -> str | None:
     """Compute the missing metrics of one grid point; an error message instead of raising."""
     try:
         models = [ModelRecord.read(path) for path in job.trial_dirs]
-        data = dataset_for(models[0], job.dataset).to(job.device)
+        data = dataset_for(models[0], job.dataset, job.data_root).to(job.device)
         epochs = sorted({e for m in models for e in annotation_epochs(m, job.epochs)})
         for epoch in epochs:
             if "hessian" in job.groups:

@@ -133,6 +133,9 @@ def run_trial_job(job: TrialJob) -> str | None:
     trial_logger = logging.getLogger("zoo_builder.train")
     trial_logger.addHandler(handler)
     trial_logger.setLevel(logging.INFO)
+    # The trial's log file gets every line; the console only when the command runs verbose.
+    propagate, trial_logger.propagate = (trial_logger.propagate,
+                                         logging.getLogger().isEnabledFor(logging.INFO))
     try:
         for plugin in job.options.plugins:
             load_plugin(plugin)
@@ -147,4 +150,5 @@ def run_trial_job(job: TrialJob) -> str | None:
         return f"{type(err).__name__}: {err}"
     finally:
         trial_logger.removeHandler(handler)
+        trial_logger.propagate = propagate
         handler.close()

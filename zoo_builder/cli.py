@@ -54,7 +54,8 @@ def make_executor(args: argparse.Namespace):
         from zoo_builder.ray_executor import RayExecutor
 
         return RayExecutor(address=args.address, cpus_per_trial=args.cpus_per_trial,
-                           gpus_per_trial=args.gpus_per_trial, max_retries=args.max_retries)
+                           gpus_per_trial=args.gpus_per_trial, max_retries=args.max_retries,
+                           storage_path=args.ray_storage)
     if args.address or args.gpus_per_trial:
         raise ValueError("--address and --gpus-per-trial need --executor ray")
     from zoo_builder.executors import LocalExecutor
@@ -67,10 +68,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     from zoo_builder.train import RunOptions
 
     spec = SPECS.get(args.spec).with_preset(args.preset)
+    # Absolute paths: workers, and nodes of a Ray cluster, do not share our working folder.
+    data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
+    plugins = tuple(str(Path(p).resolve()) if Path(p).is_file() else p for p in args.plugin)
     options = RunOptions(device=args.device, precision=args.precision,
                          channels_last=args.channels_last, compile=args.compile,
-                         max_micro_batch=args.max_micro_batch, data_root=args.data_root,
-                         plugins=tuple(args.plugin))
+                         max_micro_batch=args.max_micro_batch, data_root=data_root,
+                         plugins=plugins)
     root = build_zoo(spec, args.out, options=options, executor=make_executor(args))
     print(f"zoo {spec.name} (preset {spec.preset}) complete in {root}")
     return 0
@@ -82,7 +86,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     settings = AnnotationSettings(hessian_samples=args.hessian_samples, mc_epochs=args.mc_epochs)
     zoo = annotate_zoo(args.zoo, groups=args.metrics or METRIC_GROUPS, epochs=args.epochs,
                        force=args.force, workers=args.workers, device=args.device,
-                       settings=settings, dataset=args.dataset)
+                       settings=settings, dataset=args.dataset, data_root=args.data_root)
     print(f"annotated {len(zoo)} models of {zoo.root}")
     return 0
 
@@ -151,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ray executor: GPUs (or a fraction) per trial")
     build.add_argument("--max-retries", type=int, default=2,
                        help="ray executor: retries of a failed trial")
+    build.add_argument("--ray-storage", help="ray executor: where Ray Tune keeps its run records "
+                                             "(default ~/ray_results)")
     build.set_defaults(run=cmd_build)
 
     annotate = commands.add_parser(
@@ -166,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     annotate.add_argument("--dataset", help="the models' training data set, where params.json "
                                             "does not name it (published zoos)")
+    annotate.add_argument("--data-root", help="folder holding the data sets (default: "
+                                               "$WSLBENCH_DATA, else ~/.cache/wslbench/data)")
     annotate.add_argument("--hessian-samples", type=int, default=200,
                           help="training samples in the fixed Hessian subset")
     annotate.add_argument("--mc-epochs", type=int, default=10,
