@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from wslbench.zoo_format import atomic_open, atomic_write_bytes
 from zoo_builder.data.common import DATA_ROOT_ENV, DatasetNotFoundError, require_files
 
 log = logging.getLogger(__name__)
@@ -394,22 +395,18 @@ def _tokenize_to_disk(dataset: Any, codec: _Codec, eot: int, tokens_dir: Path,
                            remove_columns=part.column_names, desc=f"tokenizing {split}",
                            cache_file_name=str(work / f"{split}.arrow"),
                            new_fingerprint=fingerprint)
-            temporary = tokens_dir / f"{split}.bin.tmp-{os.getpid()}"
             count = 0
-            with open(temporary, "wb") as out:
+            with atomic_open(tokens_dir / f"{split}.bin") as out:
                 batches = ids.with_format("arrow").iter(batch_size=8192)
                 for table in tqdm(batches, total=-(-ids.num_rows // 8192), desc=f"writing {split}",
                                   disable=ids.num_rows < PARALLEL_MIN_DOCUMENTS):
                     flat = pc.list_flatten(table["ids"]).to_numpy().astype(np.uint16, copy=False)
                     out.write(flat.tobytes())
                     count += len(flat)
-            os.replace(temporary, tokens_dir / f"{split}.bin")
             meta[f"{split}_tokens"] = count
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    temporary = tokens_dir / f"meta.json.tmp-{os.getpid()}"
-    temporary.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    os.replace(temporary, tokens_dir / "meta.json")
+    atomic_write_bytes(tokens_dir / "meta.json", json.dumps(meta, indent=1, sort_keys=True).encode())
     log.info("openwebtext: %d train and %d val tokens in %s", meta["train_tokens"],
              meta["val_tokens"], tokens_dir)
     return meta

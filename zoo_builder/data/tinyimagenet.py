@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from wslbench.zoo_format import atomic_open
 from zoo_builder.data.common import require_files
 from zoo_builder.data.images import ImageData
 
@@ -105,16 +106,8 @@ def _decode_all(folder: Path, files: list[tuple[str, int]],
 
 
 def _save_atomically(path: Path, array: np.ndarray) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.save(file, array, allow_pickle=False)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as handle:
+        np.save(handle, array, allow_pickle=False)
 
 
 def _read_cache(cache: Path, fingerprint: str) -> dict[str, np.ndarray] | None:
