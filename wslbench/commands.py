@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -22,6 +23,9 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None,
         if before is not None:
             before(args)
         return args.run(args)
+    except BrokenPipeError:  # e.g. `zoo-builder show ... | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except USER_ERRORS as err:
         if args.verbose:
             raise
