@@ -72,6 +72,10 @@ PARAM_COLUMNS = {
 }
 
 
+#: Further grid columns of zoos beyond the published ones, written where params hold them.
+EXTRA_PARAM_COLUMNS = {"beta": ("dataset::beta",)}
+
+
 class ZooFormatError(ValueError):
     """A file or folder does not follow the zoo format; the message names it and the fix."""
 
@@ -166,7 +170,7 @@ def read_params(trial_dir: Path) -> dict[str, Any]:
 
 def param_value(params: Mapping[str, Any], column: str) -> Any:
     """The value of a summary column (width, seed, lr, ...) in flat params, or None."""
-    for key in PARAM_COLUMNS[column]:
+    for key in {**PARAM_COLUMNS, **EXTRA_PARAM_COLUMNS}[column]:
         if key in params:
             return params[key]
     return None
@@ -464,6 +468,8 @@ def summary_rows(name: str, params: Mapping[str, Any], results: list[dict[str, A
     """One summary row per epoch of one model: published columns, then any further metric."""
     fixed = {"model": name, "trial_id": trial_id_from_name(name)}
     fixed.update({column: param_value(params, column) for column in PARAM_COLUMNS})
+    fixed.update({column: params[key] for column, keys in EXTRA_PARAM_COLUMNS.items()
+                  for key in keys if key in params})
     rows = []
     for epoch, result in enumerate(results):
         row = dict(fixed)

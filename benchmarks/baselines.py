@@ -1,0 +1,133 @@
+"""Every baseline on every task of embedded zoos: scores (mean ± std over seeds) and wall time.
+
+Run from the repository root (with the project's venv active)::
+
+    python benchmarks/baselines.py                                   # mini digits + shakespeare zoos
+    python benchmarks/baselines.py --zoos digits-resnet18:mini --baselines linear-probe gmn
+    python benchmarks/baselines.py --write-leaderboard               # also store the results
+
+Each zoo is built (and, for image zoos, annotated with landscape metrics and phases) once
+under ``--cache`` (default: the wslbench cache, as the quickstart uses), then every baseline
+runs through :func:`wslbench.evaluate.evaluate` exactly as ``wslbench evaluate`` runs a user's
+model: the same ``iid`` split, fresh predictors per seed, the same result JSON. A task whose
+targets the zoo does not have (e.g. loss-landscape metrics of the language zoo, which are
+measured for image zoos only) is reported as skipped. The table prints each task's scores
+(R² and Kendall tau for regression, accuracy and macro-F1 for the phase) and the wall time of
+all seeds; the paper's Table 1 ranges for its linear probe on ResNet-18 zoos are printed
+beside them for reference. ``--write-leaderboard`` saves every result JSON under
+``leaderboards/results/<zoo>/<task>/<baseline>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from pathlib import Path
+
+from wslbench.evaluate import EvaluationResult, evaluate
+from wslbench.predictor import PREDICTORS, load_predictor_class
+from wslbench.splits import cache_dir, resolve_split
+from wslbench.tasks import TASKS
+from wslbench.zoo import Zoo
+
+BASELINES = ("linear-probe", "stat-gbm", "stat-mlp", "flat-mlp", "gmn")
+ZOOS = ("digits-resnet18:mini", "shakespeare-gpt2:default")
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "leaderboards" / "results"
+
+#: The paper's Table 1 (linear probe on ResNet-18 zoos, R²), via REFERENCE.md section 6.
+PAPER_TABLE_1 = {"test_acc": "0.54-0.92", "ggap": "0.53-0.67", "cka": "0.13-0.46",
+                 "hessian": "0.48-0.79", "mode_connectivity": "-2.93-0.81"}
+
+
+def prepare_zoo(reference: str, cache: Path, workers: int) -> Zoo:
+    """Build (resuming) the ``spec:preset`` zoo under ``cache``; annotate image zoos."""
+    from zoo_builder.annotate import annotate_zoo
+    from zoo_builder.build import build_zoo
+    from zoo_builder.specs import SPECS
+
+    name, _, preset = reference.partition(":")
+    spec = SPECS.get(name).with_preset(preset or "default")
+    root = cache / "zoos" / f"{spec.name}-{spec.preset}"
+    build_zoo(spec, root, workers=workers)
+    if spec.training.get("workload", "image_classification") == "image_classification":
+        annotate_zoo(root, workers=workers)
+    return Zoo.open(root)
+
+
+def run_one(baseline: str, task_name: str, zoo: Zoo, seeds: list[int]
+            ) -> EvaluationResult | str:
+    """The result, or why the task could not run on this zoo."""
+    task = TASKS.get(task_name)
+    split, _ = resolve_split(zoo, "iid")
+    try:
+        return evaluate(load_predictor_class(baseline), task, zoo, split, seeds=seeds,
+                        predictor_name=baseline)
+    except ValueError as err:
+        if "has no model with a" in str(err):
+            return f"skipped: the zoo has no '{task_name}' targets"
+        raise
+
+
+def cell(scores: dict, name: str) -> str:
+    if name not in scores:
+        return ""
+    mean, std = scores[name]["mean"], scores[name]["std"]
+    return "nan" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
+
+
+def print_table(rows: list[tuple[str, str, str, EvaluationResult | str, float]]) -> str:
+    header = (f"| zoo | task | baseline | R² | Kendall tau | accuracy | macro-F1 | wall time (s) "
+              f"| paper Table 1 R² (linear probe) |")
+    lines = [header, "|" + "---|" * 9]
+    for zoo, task, baseline, result, seconds in rows:
+        if isinstance(result, str):
+            lines.append(f"| {zoo} | {task} | {baseline} | {result} | | | | | |")
+            continue
+        scores = result.scores
+        lines.append(f"| {zoo} | {task} | {baseline} | {cell(scores, 'r2')} | "
+                     f"{cell(scores, 'kendall_tau')} | {cell(scores, 'accuracy')} | "
+                     f"{cell(scores, 'macro_f1')} | {seconds:.0f} | "
+                     f"{PAPER_TABLE_1.get(task, '')} |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--zoos", nargs="+", default=list(ZOOS), help="spec:preset of each zoo")
+    parser.add_argument("--baselines", nargs="+", default=list(BASELINES), choices=PREDICTORS.names())
+    parser.add_argument("--tasks", nargs="+", default=TASKS.names(), choices=TASKS.names())
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2, help="for building and annotating")
+    parser.add_argument("--cache", type=Path, default=None, help="default: the wslbench cache")
+    parser.add_argument("--write-leaderboard", action="store_true",
+                        help=f"save each result JSON under {RESULTS_DIR}")
+    parser.add_argument("--markdown", type=Path, help="also write the table here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    rows = []
+    for reference in args.zoos:
+        zoo = prepare_zoo(reference, args.cache or cache_dir(), args.workers)
+        label = reference.replace(":default", "")
+        for task in args.tasks:
+            for baseline in args.baselines:
+                started = time.perf_counter()
+                result = run_one(baseline, task, zoo, args.seeds)
+                seconds = time.perf_counter() - started
+                rows.append((label, task, baseline, result, seconds))
+                summary = result if isinstance(result, str) else {
+                    k: round(v["mean"], 3) for k, v in result.scores.items()}
+                print(f"{label} {task} {baseline}: {summary} ({seconds:.0f}s)", flush=True)
+                if args.write_leaderboard and not isinstance(result, str):
+                    result.save(RESULTS_DIR / label.replace(":", "-") / task / f"{baseline}.json")
+    text = print_table(rows)
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
