@@ -58,6 +58,9 @@ class Predictor(abc.ABC):
 
 PREDICTORS: Registry[type] = Registry("predictor")
 PREDICTORS.register("linear-probe", "baselines.linear_probe:LinearProbe")
+PREDICTORS.register("stat-gbm", "baselines.stat_gbm:StatGBM")
+PREDICTORS.register("stat-mlp", "baselines.stat_mlp:StatMLP")
+PREDICTORS.register("flat-mlp", "baselines.flat_mlp:FlatMLP")
 
 
 def load_predictor_class(reference: str) -> type:
