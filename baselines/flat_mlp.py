@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from baselines.mlp import MLPConfig, DEFAULT_GRID, MLPPredictor, scale_floor
 from baselines.weight_stats import is_weight
-from wslbench.predictor import ModelSample
+from wslbench.predictor import ModelSample, NotApplicableError
 
 Layout = list[tuple[str, tuple[int, ...]]]
 
@@ -37,7 +37,7 @@ def weight_layout(state_dict: dict[str, torch.Tensor]) -> Layout:
 
 
 def check_same_layout(reference: str, reference_layout: Layout, name: str, layout: Layout) -> None:
-    """Raise a ValueError naming both models and the first tensor where they differ."""
+    """Raise a NotApplicableError naming both models and the first tensor where they differ."""
     if layout == reference_layout:
         return
     for (key_a, shape_a), (key_b, shape_b) in zip(reference_layout, layout):
@@ -51,8 +51,8 @@ def check_same_layout(reference: str, reference_layout: Layout, name: str, layou
     else:
         difference = (f"has {len(layout)} weight tensors where model '{reference}' has "
                       f"{len(reference_layout)}")
-    raise ValueError(f"flat-mlp needs models of one shape, but model '{name}' {difference}; "
-                     "use stat-mlp or gmn for zoos of mixed widths")
+    raise NotApplicableError(f"flat-mlp needs models of one shape, but model '{name}' "
+                             f"{difference}; use stat-mlp or gmn for zoos of mixed widths")
 
 
 class CountSketch:

@@ -23,11 +23,16 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
-from wslbench.evaluate import EvaluationResult, evaluate
-from wslbench.predictor import PREDICTORS, load_predictor_class
+# This script shares its name with the `baselines` package: keep its own folder off the import
+# path, or `import baselines` would find this file.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from wslbench.evaluate import EvaluationResult, evaluate  # noqa: E402
+from wslbench.predictor import PREDICTORS, NotApplicableError, load_predictor_class
 from wslbench.splits import cache_dir, resolve_split
 from wslbench.tasks import TASKS
 from wslbench.zoo import Zoo
@@ -64,6 +69,8 @@ def run_one(baseline: str, task_name: str, zoo: Zoo, seeds: list[int]
     try:
         return evaluate(load_predictor_class(baseline), task, zoo, split, seeds=seeds,
                         predictor_name=baseline)
+    except NotApplicableError as err:
+        return f"not applicable: {str(err).split(';')[0]}"
     except ValueError as err:
         if "has no model with a" in str(err):
             return f"skipped: the zoo has no '{task_name}' targets"

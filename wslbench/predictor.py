@@ -38,6 +38,11 @@ class ModelSample:
         return self._load()
 
 
+class NotApplicableError(ValueError):
+    """A predictor cannot handle this zoo (e.g. flattened weights of models of mixed widths);
+    the message says why and which predictor to use instead."""
+
+
 class Predictor(abc.ABC):
     """Base class for predictors; ``seed`` makes a training run reproducible."""
 
@@ -61,6 +66,7 @@ PREDICTORS.register("linear-probe", "baselines.linear_probe:LinearProbe")
 PREDICTORS.register("stat-gbm", "baselines.stat_gbm:StatGBM")
 PREDICTORS.register("stat-mlp", "baselines.stat_mlp:StatMLP")
 PREDICTORS.register("flat-mlp", "baselines.flat_mlp:FlatMLP")
+PREDICTORS.register("gmn", "baselines.gmn:GMN")
 
 
 def load_predictor_class(reference: str) -> type:
