@@ -146,7 +146,7 @@ def test_console_scripts_list_what_exists():
         assert name in listing
     specs = subprocess.run([_console_script("zoo-builder"), "ls"], capture_output=True, text=True,
                            check=True).stdout
-    assert "digits-resnet18" in specs and "mini: 75" in specs
+    assert "digits-resnet18" in specs and "mini 75" in specs
     # wslbench does not import zoo_builder or the baselines to list things.
     probe = "import sys, wslbench.cli; print(any(m.startswith(('zoo_builder', 'baselines')) " \
             "for m in sys.modules))"
