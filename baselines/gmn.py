@@ -59,7 +59,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from baselines.linear_probe import is_classification
+from baselines.targets import is_classification
 from baselines.param_graph import (EDGE_TYPES, EDGE_VALUE_FEATURES, NODE_VALUE_FEATURES,
                                    parameter_graph)
 from wslbench.predictor import ModelSample, Predictor

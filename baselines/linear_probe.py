@@ -13,14 +13,11 @@ from typing import Sequence
 
 import numpy as np
 
+from baselines.targets import is_classification
 from baselines.weight_stats import featurize
 from wslbench.predictor import ModelSample, Predictor
 
 ALPHAS = tuple(np.logspace(-3, 4, 15))
-
-
-def is_classification(targets: np.ndarray) -> bool:
-    return np.asarray(targets).dtype.kind in "OUS"
 
 
 class LinearProbe(Predictor):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from baselines.linear_probe import is_classification
+from baselines.targets import encode_labels, is_classification
 from wslbench.predictor import ModelSample, Predictor
 
 log = logging.getLogger(__name__)
@@ -180,16 +180,12 @@ class MLPPredictor(Predictor):
         x_train, x_val = self.scaler.transform(x_train), self.scaler.transform(x_val)
 
         if self.classification:
-            self.classes, y_train = np.unique(np.asarray(train_targets, dtype=str),
-                                              return_inverse=True)
+            self.classes, y_train, y_val, known = encode_labels(train_targets, val_targets)
             self._fitted = True
             if len(self.classes) < 2:  # one class seen: nothing to separate
                 self.model = None
                 return
-            val_targets = np.asarray(val_targets, dtype=str)
-            known = np.isin(val_targets, self.classes)
             x_val = x_val[known]
-            y_val = np.searchsorted(self.classes, val_targets[known])
             n_outputs = len(self.classes)
         else:
             train_targets = np.asarray(train_targets, dtype=np.float64)

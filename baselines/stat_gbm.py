@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from baselines.linear_probe import is_classification
+from baselines.targets import encode_labels, is_classification
 from baselines.weight_stats import featurize
 from wslbench.predictor import ModelSample, Predictor
 
@@ -74,15 +74,12 @@ class StatGBM(Predictor):
         x_val = featurize(val)[0] if len(val) else np.empty((0, x_train.shape[1]))
         self.classification = is_classification(train_targets)
         if self.classification:
-            self.classes, y_train = np.unique(np.asarray(train_targets, dtype=str),
-                                              return_inverse=True)
+            self.classes, y_train, y_val, known = encode_labels(train_targets, val_targets)
             self._fitted = True
             if len(self.classes) < 2:  # one class seen: nothing to separate
                 self.model = None
                 return
-            val_targets = np.asarray(val_targets, dtype=str)
-            known = np.isin(val_targets, self.classes)
-            x_val, y_val = x_val[known], np.searchsorted(self.classes, val_targets[known])
+            x_val = x_val[known]
             estimator = lightgbm.LGBMClassifier
         else:
             y_train = np.asarray(train_targets, dtype=np.float64)

@@ -13,6 +13,7 @@ in memory (and on the GPU) as int64 tensors.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import logging
@@ -47,14 +48,16 @@ PARALLEL_MIN_DOCUMENTS = 20_000
 # Encoding and decoding
 
 
-class _Codec:
+class _Codec(abc.ABC):
     """Text <-> token ids for one tokenizer."""
 
+    @abc.abstractmethod
     def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
+        """The token ids of ``text``."""
 
+    @abc.abstractmethod
     def decode(self, tokens: Sequence[int]) -> str:
-        raise NotImplementedError
+        """The text of ``tokens``."""
 
 
 class _CharCodec(_Codec):
