@@ -15,7 +15,8 @@ measured for image zoos only) is reported as skipped. The table prints each task
 (R² and Kendall tau for regression, accuracy and macro-F1 for the phase) and the wall time of
 all seeds; the paper's Table 1 ranges for its linear probe on ResNet-18 zoos are printed
 beside them for reference. ``--write-leaderboard`` saves every result JSON under
-``leaderboards/results/<zoo>/<task>/<baseline>.json``.
+``leaderboards/results/<zoo>/<task>/<baseline>.json``; ``--from-results`` prints the table of
+the stored results without running anything.
 """
 
 from __future__ import annotations
@@ -102,6 +103,19 @@ def print_table(rows: list[tuple[str, str, str, EvaluationResult | str, float]])
     return text
 
 
+def stored_rows() -> list[tuple[str, str, str, EvaluationResult, float]]:
+    """The table rows of every result JSON under :data:`RESULTS_DIR`."""
+    import json
+
+    rows = []
+    for path in sorted(RESULTS_DIR.glob("*/*/*.json")):
+        result = EvaluationResult(**json.loads(path.read_text()))
+        rows.append((path.parts[-3], result.task["name"], result.predictor["name"], result,
+                     result.provenance["wall_time_s"]))
+    order = {name: index for index, name in enumerate(BASELINES)}
+    return sorted(rows, key=lambda row: (row[0], row[1], order.get(row[2], len(order))))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--zoos", nargs="+", default=list(ZOOS), help="spec:preset of each zoo")
@@ -113,8 +127,13 @@ def main() -> None:
     parser.add_argument("--write-leaderboard", action="store_true",
                         help=f"save each result JSON under {RESULTS_DIR}")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
+    parser.add_argument("--from-results", action="store_true",
+                        help=f"only print the table of the results stored in {RESULTS_DIR}")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.from_results:
+        print_table(stored_rows())
+        return
 
     rows = []
     for reference in args.zoos:
