@@ -8,27 +8,39 @@ import time
 from pathlib import Path
 
 from wslbench.commands import run_command
-from wslbench.predictor import PREDICTORS
+from wslbench.predictor import PREDICTORS, entry_points
 from wslbench.splits import SPLITS
-from wslbench.tasks import TASKS
+from wslbench.tasks import TASK_VERSIONS, TASKS, get_task
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
     what = args.what
     if what in ("all", "tasks"):
-        print("tasks:")
-        for name in TASKS:
-            task = TASKS.get(name)
-            print(f"  {name:<12} v{task.version}  {task.main_score.value:<11} {task.description}")
+        print("tasks (name@version, main score, what predictors see: W weights, A architecture "
+              "arguments, H hyperparameters):")
+        for name in TASK_VERSIONS:
+            task = get_task(name)
+            sees = "".join(flag for flag, seen in (("W", True), ("A", task.sees_architecture),
+                                                   ("H", task.sees_hyperparameters)) if seen)
+            newest = "" if TASKS.get(task.name) is task else "  (superseded)"
+            print(f"  {name:<22} {task.main_score.value:<11} {sees:<3} {task.description}{newest}")
     if what in ("all", "splits"):
         print("splits:")
         for name in SPLITS:
             split = SPLITS.get(name)
-            print(f"  {name:<12} v{split.version}  {split.description}")
+            print(f"  {name:<16} v{split.version}  {split.description}")
     if what in ("all", "models"):
-        print("models (predictors; or pass path/to/file.py:Class or package.module:Class):")
+        print("models (predictors; or pass path/to/file.py[:Class] or package.module[:Class]):")
         for name in PREDICTORS:
             print(f"  {name}")
+        for name, entry in sorted(entry_points().items()):
+            print(f"  {name:<16} entry point {entry.value}")
+    if what in ("all", "zoos"):
+        from wslbench.paths import known_zoos, zoo_dirs
+
+        print(f"zoos (by name, from {', '.join(map(str, zoo_dirs()))}):")
+        for name, path in known_zoos().items():
+            print(f"  {name:<28} {path}")
     return 0
 
 
@@ -51,14 +63,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from wslbench.zoo import Zoo
 
     predictor_class = load_predictor_class(args.model)
-    task = TASKS.get(args.task)
-    zoo = Zoo.open(args.zoo)
-    split, split_path = resolve_split(zoo, args.split)
+    name = args.model if args.model in PREDICTORS else getattr(predictor_class, "name", args.model)
+    task = get_task(args.task)
+    zoo = Zoo.resolve(args.zoo)
+    test_zoo = Zoo.resolve(args.test_zoo) if args.test_zoo else None
+    split, split_path = resolve_split(zoo, args.split, test_zoo)
     result = evaluate(predictor_class, task, zoo, split, seeds=args.seeds,
-                      predictor_name=args.model)
-    print(f"zoo {zoo.root} ({len(zoo)} models, revision {zoo.revision[:12]}); split "
-          f"{split.name} {result.split['sizes']} ({split_path})")
-    print(format_scores([(args.model, task.name, result.scores)]))
+                      predictor_name=name, test_zoo=test_zoo, device=args.device)
+    tested_on = f"; test zoo {test_zoo.root}" if test_zoo else ""
+    print(f"zoo {zoo.root} ({len(zoo)} models, revision {zoo.revision[:12]}){tested_on}; "
+          f"split {split.name} {result.split['sizes']} ({split_path})")
+    print(format_scores([(name, task.reference, result.scores)]))
     if args.output:
         result.save(Path(args.output))
         print(f"result written to {args.output}")
@@ -81,18 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     ls = commands.add_parser("ls", help="list tasks, splits and models")
-    ls.add_argument("what", nargs="?", default="all", choices=["all", "tasks", "splits", "models"])
+    ls.add_argument("what", nargs="?", default="all",
+                    choices=["all", "tasks", "splits", "models", "zoos"])
     ls.set_defaults(run=cmd_ls)
 
     ev = commands.add_parser("evaluate", help="evaluate a predictor on a task of a zoo")
-    ev.add_argument("model", help="a registered name (see `wslbench ls models`), "
-                                  "path/to/file.py:Class, or package.module:Class")
-    ev.add_argument("--task", required=True, help="a task name (see `wslbench ls tasks`)")
-    ev.add_argument("--zoo", required=True, help="path to a zoo root folder")
-    ev.add_argument("--split", default="iid", help="a split name or a split .json file")
+    ev.add_argument("model", help="a registered name or installed entry point (see `wslbench "
+                                  "ls models`), path/to/file.py[:Class], or "
+                                  "package.module[:Class]")
+    ev.add_argument("--task", required=True,
+                    help="a task name or name@vN (see `wslbench ls tasks`)")
+    ev.add_argument("--zoo", required=True,
+                    help="a zoo folder, or the name of a known zoo (see `wslbench ls zoos`)")
+    ev.add_argument("--split", default="iid",
+                    help="a split name (see `wslbench ls splits`) or a split .json file")
+    ev.add_argument("--test-zoo", help="the zoo to test on, for the cross-zoo split")
     ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                     help="predictor training seeds (scores are mean ± std over them)")
-    ev.add_argument("--output", help="write the result JSON here")
+    ev.add_argument("--device", help="passed to predictors that take a device, e.g. cuda")
+    ev.add_argument("--output", help="write the result JSON (with per-model predictions) here")
     ev.set_defaults(run=cmd_evaluate)
 
     qs = commands.add_parser("quickstart", help="build the mini digits zoo and evaluate "

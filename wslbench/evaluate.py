@@ -19,7 +19,7 @@ import torch
 import wslbench
 from wslbench import zoo_format as fmt
 from wslbench.predictor import ModelSample, instantiate
-from wslbench.splits import Split
+from wslbench.splits import PARTS, Split
 from wslbench.tasks import Score, Task, TaskKind
 from wslbench.zoo import ModelRecord, Zoo
 
@@ -70,45 +70,103 @@ class EvaluationResult:
         fmt.atomic_write_json(path, self.to_json())
 
 
-def samples(zoo_models: Sequence[ModelRecord], task: Task) -> list[ModelSample]:
-    """What a predictor may see of each model: its weights at the task's epoch, its
-    architecture arguments, and its hyperparameters where the task allows them."""
+@dataclass(frozen=True)
+class TaskItem:
+    """One model at one epoch in a part of a split, with its true target."""
+
+    model: ModelRecord
+    epoch: int
+    sample_id: str
+    target: float | str | None
+
+
+def task_items(task: Task, zoo: Zoo, split: Split, part: str,
+               test_zoo: Zoo | None = None) -> list[TaskItem]:
+    """The (model, epoch) pairs of a split part that carry the task's target.
+
+    Sample ids are model names, or ``name@epoch`` where the split sets the epochs (several
+    checkpoints of a model can then be in one part)."""
+    source = test_zoo if part == "test" and split.test_zoo_revision is not None else zoo
+    if source is None:
+        raise ValueError(f"split '{split.name}' tests on another zoo (revision "
+                         f"{split.test_zoo_revision[:12]}); pass it as the test zoo")
+    if source.revision != (split.test_zoo_revision if source is test_zoo else split.zoo_revision):
+        raise ValueError(f"split '{split.name}' was made for another revision of zoo "
+                         f"'{source.root}'; make the split again for this zoo")
+    epochs = split.part_epochs(part)
+    if epochs is not None and not task.per_checkpoint:
+        raise ValueError(f"task '{task.name}' has targets only at {task.epoch.value} epochs, "
+                         f"so split '{split.name}' (given checkpoint epochs) cannot use it; "
+                         "use a task with per-checkpoint targets, e.g. test_acc or ggap")
+    by_name = {m.name: m for m in source.models}
+    items = []
+    for name in split.part(part):
+        if name not in by_name:
+            raise ValueError(f"split '{split.name}' lists model '{name}', which zoo "
+                             f"'{source.root}' does not have")
+        model = by_name[name]
+        if epochs is None:
+            chosen = [(task.epoch_of(model), name)]
+        else:
+            chosen = [(e, f"{name}@{e}") for e in epochs if e in model.checkpoint_epochs]
+        for epoch, sample_id in chosen:
+            if epoch is None:
+                continue
+            target = task.target(model, epoch)
+            if task.has_target(task.as_array([target]))[0]:
+                items.append(TaskItem(model, epoch, sample_id, target))
+    return items
+
+
+def split_targets(task: Task, zoo: Zoo, split: Split, part: str = "test",
+                  test_zoo: Zoo | None = None) -> dict[str, float | str]:
+    """The true targets of a split part, keyed by sample id (what result predictions use)."""
+    return {item.sample_id: item.target for item in task_items(task, zoo, split, part, test_zoo)}
+
+
+def samples(items: Sequence[TaskItem], task: Task, zoo_revision: str = "") -> list[ModelSample]:
+    """What a predictor may see of each item: its weights at the item's epoch, and the
+    architecture arguments and hyperparameters where the task allows them."""
     out = []
-    for model in zoo_models:
-        epoch = task.epoch_of(model)
-        if epoch not in model.checkpoint_epochs:
+    for item in items:
+        model = item.model
+        if item.epoch not in model.checkpoint_epochs:
             raise fmt.ZooFormatError(
-                f"model '{model.path}' has no checkpoint at epoch {epoch}, where task "
+                f"model '{model.path}' has no checkpoint at epoch {item.epoch}, where task "
                 f"'{task.name}' takes its target (checkpoints at "
                 f"{list(model.checkpoint_epochs) or 'none'})")
         out.append(ModelSample(
-            name=model.name, epoch=epoch, model_args=model.model_args,
+            name=item.sample_id, epoch=item.epoch,
+            model_args=model.model_args if task.sees_architecture else None,
             hyperparameters=model.hyperparameters if task.sees_hyperparameters else None,
             # Only the checkpoint's path travels with the sample: no route back to the targets.
-            _load=functools.partial(fmt.load_state_dict, model.path, epoch),
+            _load=functools.partial(fmt.load_state_dict, model.path, item.epoch),
+            zoo_revision=zoo_revision,
         ))
     return out
 
 
 def evaluate(predictor_class: type, task: Task, zoo: Zoo, split: Split,
-             seeds: Sequence[int] = (0,), predictor_name: str | None = None) -> EvaluationResult:
-    """Fit a fresh predictor per seed on the split's train part, score it on the test part."""
+             seeds: Sequence[int] = (0,), predictor_name: str | None = None,
+             test_zoo: Zoo | None = None, device: str | None = None) -> EvaluationResult:
+    """Fit a fresh predictor per seed on the split's train part, score it on the test part.
+
+    ``device`` is passed to predictors whose constructor takes one."""
     started, clock = datetime.now(timezone.utc), time.perf_counter()
-    by_name = {m.name: m for m in zoo.models}
-    parts: dict[str, tuple[list[ModelRecord], np.ndarray]] = {}
-    for part in ("train", "val", "test"):
-        models = [by_name[name] for name in split.part(part)]
-        targets = task.targets(models)
-        keep = task.has_target(targets)
-        if not keep.all():
+    items: dict[str, list[TaskItem]] = {}
+    inputs: dict[str, list[ModelSample]] = {}
+    for part in PARTS:
+        items[part] = task_items(task, zoo, split, part, test_zoo)
+        missing = len(split.part(part)) - len({i.model.name for i in items[part]})
+        if missing:
             log.warning("%s: %d %s models have no %s target and are left out", zoo.name,
-                        int((~keep).sum()), part, task.name)
-        parts[part] = ([m for m, k in zip(models, keep) if k], targets[keep])
-        if not parts[part][0]:
+                        missing, part, task.name)
+        if not items[part]:
             raise ValueError(f"the {part} part of split '{split.name}' has no model with a "
                              f"'{task.name}' target in zoo '{zoo.root}'")
-    inputs = {part: samples(models, task) for part, (models, _) in parts.items()}
-    test_targets = parts["test"][1]
+        source = test_zoo if part == "test" and test_zoo is not None else zoo
+        inputs[part] = samples(items[part], task, source.revision)
+    targets = {part: task.as_array(i.target for i in items[part]) for part in PARTS}
 
     per_seed: dict[str, list[float]] = {s.value: [] for s in task.scores}
     predictions: dict[str, dict[str, float]] = {}
@@ -116,38 +174,41 @@ def evaluate(predictor_class: type, task: Task, zoo: Zoo, split: Split,
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        predictor = instantiate(predictor_class, seed)
-        predictor.fit(inputs["train"], parts["train"][1], inputs["val"], parts["val"][1])
-        predicted = np.asarray(predictor.predict(inputs["test"]),
-                               dtype=object if task.kind is TaskKind.CLASSIFICATION
-                               else np.float64).reshape(-1)
-        if predicted.shape != test_targets.shape:
+        predictor = instantiate(predictor_class, seed, device)
+        predictor.fit(inputs["train"], targets["train"], inputs["val"], targets["val"])
+        predicted = task.as_array(np.asarray(predictor.predict(inputs["test"]),
+                                             dtype=object).reshape(-1))
+        if predicted.shape != targets["test"].shape:
             raise ValueError(f"predict() returned {predicted.shape[0]} values for "
-                             f"{len(test_targets)} test models")
+                             f"{len(targets['test'])} test models")
         as_json = str if task.kind is TaskKind.CLASSIFICATION else float
         predictions[str(seed)] = {s.name: as_json(v) for s, v in zip(inputs["test"], predicted)}
         for name in task.scores:
-            per_seed[name.value].append(score(name, test_targets, predicted))
+            per_seed[name.value].append(score(name, targets["test"], predicted))
 
     scores = {name: {"mean": float(np.mean(values)), "std": float(np.std(values)),
                      "per_seed": values} for name, values in per_seed.items()}
+    zoo_info = {"name": zoo.name, "path": str(zoo.root), "revision": zoo.revision,
+                "n_models": len(zoo)}
+    if test_zoo is not None:
+        zoo_info["test_zoo"] = {"name": test_zoo.name, "path": str(test_zoo.root),
+                                "revision": test_zoo.revision, "n_models": len(test_zoo)}
     return EvaluationResult(
         predictor={"name": predictor_name or getattr(predictor_class, "name", None)
                    or predictor_class.__name__,
                    "class": f"{predictor_class.__module__}:{predictor_class.__qualname__}"},
         task={"name": task.name, "version": task.version, "kind": task.kind.value,
               "main_score": task.main_score.value},
-        zoo={"name": zoo.name, "path": str(zoo.root), "revision": zoo.revision,
-             "n_models": len(zoo)},
+        zoo=zoo_info,
         split={"name": split.name, "version": split.version, "sha256": split.sha256,
-               "sizes": {part: len(models) for part, (models, _) in parts.items()}},
+               "sizes": {part: len(items[part]) for part in PARTS}},
         seeds=list(seeds),
         scores=scores,
         predictions=predictions,
         provenance={
             "package_version": wslbench.__version__, "git_hash": git_hash(),
             "python": platform.python_version(), "torch": torch.__version__,
-            "hardware": hardware(), "started": started.isoformat(timespec="seconds"),
+            "hardware": hardware(device), "started": started.isoformat(timespec="seconds"),
             "wall_time_s": round(time.perf_counter() - clock, 3),
         },
     )
@@ -165,7 +226,8 @@ def git_hash() -> str | None:
     return out.stdout.strip() or None
 
 
-def hardware() -> str:
-    if torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name(0)}"
+def hardware(device: str | None = None) -> str:
+    """The device the predictor ran on, as far as the run can tell."""
+    if torch.cuda.is_available() and (device is None or str(device).startswith("cuda")):
+        return f"cuda: {torch.cuda.get_device_name(torch.device(device or 'cuda'))}"
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"

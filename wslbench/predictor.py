@@ -8,8 +8,10 @@ targets. Subclass :class:`Predictor`, or write any class with the same ``fit`` a
 from __future__ import annotations
 
 import abc
+import difflib
 import importlib.util
 import inspect
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,24 +20,32 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from wslbench.registry import Registry, import_object
+from wslbench.registry import Registry
 
 
 @dataclass(frozen=True)
 class ModelSample:
     """One model as a predictor sees it: weights (loaded on demand) and its configuration.
 
-    ``hyperparameters`` is None unless the task lets predictors see them. Targets are never here.
+    ``model_args`` is None unless the task lets predictors see the architecture arguments,
+    ``hyperparameters`` None unless it lets them see the training hyperparameters. Targets
+    are never here. ``key`` identifies the checkpoint (zoo revision, model, epoch), e.g. for
+    caching features; it leads to no target.
     """
 
     name: str
     epoch: int
-    model_args: dict[str, Any]
+    model_args: dict[str, Any] | None
     hyperparameters: dict[str, Any] | None
     _load: Callable[[], dict[str, torch.Tensor]] = field(repr=False, compare=False)
+    zoo_revision: str = ""
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self._load()
+
+    @property
+    def key(self) -> str:
+        return f"{self.zoo_revision}/{self.name}@{self.epoch}"
 
 
 class NotApplicableError(ValueError):
@@ -69,32 +79,118 @@ PREDICTORS.register("flat-mlp", "baselines.flat_mlp:FlatMLP")
 PREDICTORS.register("gmn", "baselines.gmn:GMN")
 
 
+#: Installed packages register predictors under this entry point group, e.g. in pyproject.toml:
+#: ``[project.entry-points."wslbench.models"] my-model = "my_package.predictor:MyPredictor"``.
+ENTRY_POINT_GROUP = "wslbench.models"
+
+
+def entry_points() -> dict[str, Any]:
+    """Predictors that installed packages register under :data:`ENTRY_POINT_GROUP`."""
+    from importlib.metadata import entry_points as installed
+
+    return {ep.name: ep for ep in installed(group=ENTRY_POINT_GROUP)}
+
+
 def load_predictor_class(reference: str) -> type:
-    """A registered name, ``path/to/file.py:Class`` or ``package.module:Class``."""
+    """The predictor class that ``reference`` names, looked up in this order:
+
+    - a registered name (``wslbench ls models``);
+    - an installed entry point of the ``wslbench.models`` group;
+    - a Python file, ``path/to/file.py`` or ``path/to/file.py:Class``;
+    - a module path, ``package.module`` or ``package.module:Class``.
+
+    Without ``:Class``, the module must define exactly one predictor class.
+    """
     if reference in PREDICTORS:
         return PREDICTORS.get(reference)
-    if ":" not in reference:
-        PREDICTORS.get(reference)  # raises "unknown predictor ... did you mean"
-    location, _, attr = reference.rpartition(":")
+    installed = entry_points()
+    if reference in installed:
+        try:
+            return installed[reference].load()
+        except Exception as err:
+            raise ImportError(f"entry point {reference!r} of group {ENTRY_POINT_GROUP!r} "
+                              f"({installed[reference].value}) does not load: {err}") from err
+    location, attr = _split_reference(reference)
     if location.endswith(".py"):
-        path = Path(location).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"predictor file '{path}' does not exist")
-        module_name = f"wslbench_user_{path.stem}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-        if not hasattr(module, attr):
-            raise ImportError(f"'{path}' defines no {attr!r}")
-        return getattr(module, attr)
-    return import_object(reference)
+        module = _import_file(Path(location))
+    elif re.fullmatch(r"[A-Za-z_][\w.]*", location):
+        try:
+            module = importlib.import_module(location)
+        except ModuleNotFoundError as err:
+            if err.name != location.split(".")[0]:
+                raise
+            raise _unknown(reference, installed) from err
+    else:
+        raise _unknown(reference, installed)
+    return _predictor_in(module, attr, reference)
 
 
-def instantiate(predictor_class: type, seed: int):
-    """Make a predictor, passing ``seed`` where its constructor takes one."""
+def _unknown(reference: str, installed: dict[str, Any]) -> ImportError:
+    names = PREDICTORS.names() + sorted(installed)
+    close = difflib.get_close_matches(reference, names, n=3)
+    hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+    return ImportError(f"no predictor {reference!r}: not a registered name or entry point, "
+                       f"not a .py file, not an importable module; {hint}known: {', '.join(names)}")
+
+
+def _split_reference(reference: str) -> tuple[str, str]:
+    """``("path/file.py" or "package.module", "Class" or "")``."""
+    if ".py:" in reference:
+        path, _, attr = reference.rpartition(".py:")
+        return path + ".py", attr
+    if reference.endswith(".py"):
+        return reference, ""
+    location, _, attr = reference.partition(":")
+    return location, attr
+
+
+def _import_file(path: Path):
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"predictor file '{path}' does not exist")
+    module_name = f"wslbench_user_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def is_predictor_class(obj: Any) -> bool:
+    return (inspect.isclass(obj) and not inspect.isabstract(obj)
+            and callable(getattr(obj, "fit", None)) and callable(getattr(obj, "predict", None)))
+
+
+def _predictor_in(module, attr: str, reference: str) -> type:
+    """``module.attr``, or the one predictor class that ``module`` defines."""
+    if attr:
+        obj = module
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise ImportError(f"{reference!r}: '{module.__name__}' defines no {attr!r}")
+            obj = getattr(obj, part)
+        return obj
+    found = [obj for obj in vars(module).values()
+             if is_predictor_class(obj) and obj.__module__ == module.__name__]
+    if len(found) != 1:
+        listing = ", ".join(c.__name__ for c in found) or "none"
+        raise ImportError(f"{reference!r} defines {len(found)} predictor classes ({listing}); "
+                          f"name one as '{reference}:ClassName'")
+    return found[0]
+
+
+def instantiate(predictor_class: type, seed: int, device: str | None = None):
+    """Make a predictor, passing ``seed`` and ``device`` where its constructor takes them."""
     parameters = inspect.signature(predictor_class).parameters
-    instance = predictor_class(seed=seed) if "seed" in parameters else predictor_class()
+    kwargs: dict[str, Any] = {}
+    if "seed" in parameters:
+        kwargs["seed"] = seed
+    if device is not None:
+        if "device" not in parameters:
+            raise ValueError(f"{predictor_class.__name__} takes no device argument; leave out "
+                             "--device, or add `device` to its constructor")
+        kwargs["device"] = device
+    instance = predictor_class(**kwargs)
     for method in ("fit", "predict"):
         if not callable(getattr(instance, method, None)):
             raise ValueError(f"{predictor_class.__name__} has no {method}() method; see "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from wslbench.splits import cache_dir
+from wslbench.paths import cache_dir
 
 QUICKSTART_SPEC, QUICKSTART_PRESET, QUICKSTART_MODEL = "digits-resnet18", "mini", "linear-probe"
 

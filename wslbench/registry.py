@@ -44,8 +44,9 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, T | str] = {}
 
-    def register(self, name: str, entry: T | str) -> T | str:
-        if name in self._entries:
+    def register(self, name: str, entry: T | str, replace: bool = False) -> T | str:
+        """Add ``name``; ``replace`` knowingly swaps an entry (e.g. a task's newest version)."""
+        if name in self._entries and not replace:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._entries[name] = entry
         return entry

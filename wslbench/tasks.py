@@ -1,15 +1,21 @@
-"""Benchmark tasks as strict metadata: what to predict, at which epoch, and how it is scored.
+"""Benchmark tasks as strict metadata: what to predict, at which epoch, how it is scored, and
+what a predictor may see.
 
-A released task never changes meaning; a change gets a new version (and a new entry).
+A released task never changes meaning. Every registered version is kept: ``TASKS.get("ggap")``
+gives the newest version, ``get_task("ggap@v1")`` a given one, and results record the version.
+``tests/released_tasks.json`` holds a fingerprint of every released version, so that editing a
+released task's metadata fails the tests: a change must be a new version.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass
 from enum import Enum
 
 import numpy as np
 
+from wslbench import zoo_format as fmt
 from wslbench.registry import Registry
 from wslbench.zoo import ModelRecord
 
@@ -36,14 +42,29 @@ class TargetEpoch(str, Enum):
     ANNOTATED = "annotated"
 
 
+class Input(str, Enum):
+    """What a predictor may be given besides nothing at all."""
+
+    WEIGHTS = "weights"
+    #: the ``model::`` entries of params.json (type, width, ...)
+    ARCHITECTURE = "architecture"
+    #: every other params.json entry (batch size, learning rate, seed, ...): often enough on
+    #: its own to place a model in the phase diagram, so tasks withhold it by default
+    HYPERPARAMETERS = "hyperparameters"
+
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_REFERENCE = re.compile(r"^(?P<name>[a-z][a-z0-9_]*)@v(?P<version>\d+)$")
+
+
 @dataclass(frozen=True)
 class Task:
     """Predict ``target_key`` (minus ``subtract_key``, if set) from a model's weights.
 
-    The predictor sees the weights at the task's epoch and the architecture arguments; it
-    sees the training hyperparameters only when ``sees_hyperparameters`` is set. Regression
-    targets are floats (NaN where missing); classification targets are strings (None where
-    missing). Models without a target are left out of the task.
+    Regression targets are floats (NaN where missing); classification targets are strings
+    (None where missing). Models without a target are left out of the task.
+    ``per_checkpoint`` says that the target exists at every checkpoint (it comes from the
+    training log), which the ``epochs`` split needs.
     """
 
     name: str
@@ -56,11 +77,63 @@ class Task:
     main_score: Score = Score.R2
     scores: tuple[Score, ...] = (Score.R2, Score.KENDALL_TAU)
     higher_is_better: bool = True
-    sees_hyperparameters: bool = False
+    inputs: frozenset[Input] = frozenset({Input.WEIGHTS, Input.ARCHITECTURE})
+    per_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not _NAME.match(self.name):
+            problems.append(f"name {self.name!r} must be lower_snake_case")
+        if not isinstance(self.version, int) or self.version < 1:
+            problems.append(f"version {self.version!r} must be an integer >= 1")
+        for field_name, enum in (("kind", TaskKind), ("epoch", TargetEpoch),
+                                 ("main_score", Score)):
+            if not isinstance(getattr(self, field_name), enum):
+                problems.append(f"{field_name} must be a {enum.__name__}")
+        if not all(isinstance(s, Score) for s in self.scores) or self.main_score not in self.scores:
+            problems.append(f"scores {self.scores} must be Scores and include main_score")
+        if not all(isinstance(i, Input) for i in self.inputs) or Input.WEIGHTS not in self.inputs:
+            problems.append(f"inputs {sorted(self.inputs)} must be Inputs and include weights")
+        classification_scores = {Score.ACCURACY, Score.MACRO_F1}
+        is_classification = self.kind is TaskKind.CLASSIFICATION
+        if is_classification != (set(self.scores) <= classification_scores):
+            problems.append(f"scores {[s.value for s in self.scores]} do not fit a "
+                            f"{self.kind.value} task")
+        if problems:
+            raise ValueError(f"task {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def reference(self) -> str:
+        """The versioned name, e.g. ``ggap@v1``."""
+        return f"{self.name}@v{self.version}"
+
+    @property
+    def sees_architecture(self) -> bool:
+        return Input.ARCHITECTURE in self.inputs
+
+    @property
+    def sees_hyperparameters(self) -> bool:
+        return Input.HYPERPARAMETERS in self.inputs
 
     @property
     def missing(self) -> float | None:
         return None if self.kind is TaskKind.CLASSIFICATION else float("nan")
+
+    def metadata(self) -> dict:
+        """The task as plain JSON data (enums as their values, sets sorted)."""
+        data = asdict(self)
+        data["inputs"] = sorted(i.value for i in self.inputs)
+        data["scores"] = [s.value for s in self.scores]
+        for key in ("kind", "epoch", "main_score"):
+            data[key] = data[key].value
+        return data
+
+    def fingerprint(self) -> str:
+        """A hash of what the task means (all metadata but the wording of its description),
+        recorded when a task is released."""
+        meaning = self.metadata()
+        meaning.pop("description")
+        return fmt.canonical_hash(meaning)
 
     def epoch_of(self, model: ModelRecord) -> int | None:
         """The epoch whose weights and target the task uses for ``model``, if any."""
@@ -70,10 +143,13 @@ class Task:
                      if e < len(model.results) and model.results[e].get(self.target_key) is not None]
         return annotated[-1] if annotated else None
 
-    def target(self, model: ModelRecord) -> float | str | None:
-        """The model's true target at the task's epoch (NaN or None when the zoo lacks it)."""
-        epoch = self.epoch_of(model)
-        value = None if epoch is None else model.results[epoch].get(self.target_key)
+    def target(self, model: ModelRecord, epoch: int | None = None) -> float | str | None:
+        """The model's true target at ``epoch`` (default: the task's epoch); NaN or None when
+        the zoo lacks it."""
+        epoch = self.epoch_of(model) if epoch is None else epoch
+        if epoch is None or not 0 <= epoch < len(model.results):
+            return self.missing
+        value = model.results[epoch].get(self.target_key)
         if value is None:
             return self.missing
         if self.kind is TaskKind.CLASSIFICATION:
@@ -85,10 +161,13 @@ class Task:
         return value
 
     def targets(self, models: list[ModelRecord]) -> np.ndarray:
-        values = [self.target(m) for m in models]
+        return self.as_array([self.target(m) for m in models])
+
+    def as_array(self, values) -> np.ndarray:
+        """Targets or predictions as the array type of the task (object for labels)."""
         if self.kind is TaskKind.CLASSIFICATION:
-            return np.array(values, dtype=object)
-        return np.array(values, dtype=np.float64)
+            return np.array(list(values), dtype=object)
+        return np.array(list(values), dtype=np.float64)
 
     def has_target(self, targets: np.ndarray) -> np.ndarray:
         """Mask of the entries that carry a target."""
@@ -97,32 +176,57 @@ class Task:
         return ~np.isnan(targets)
 
 
+#: Every released version, under ``name@vN``; never edit one, register a new version.
+TASK_VERSIONS: Registry[Task] = Registry("task version")
+#: The newest version of each task, by plain name.
+TASKS: Registry[Task] = Registry("task")
+
+
+def register_task(task: Task) -> Task:
+    """Register a task version; the newest version of a name is what ``TASKS`` returns."""
+    if task.name in TASKS and task.version <= TASKS.get(task.name).version:
+        raise ValueError(f"task {task.reference}: versions of a task must be registered in "
+                         f"increasing order (have v{TASKS.get(task.name).version})")
+    TASK_VERSIONS.register(task.reference, task)
+    TASKS.register(task.name, task, replace=task.name in TASKS)
+    return task
+
+
+def get_task(reference: str) -> Task:
+    """A task by name (newest version) or by ``name@vN`` (that version)."""
+    if "@" in reference:
+        if not _REFERENCE.match(reference):
+            raise ValueError(f"task reference {reference!r} is not of the form 'name@vN', "
+                             "e.g. 'ggap@v1'")
+        return TASK_VERSIONS.get(reference)
+    return TASKS.get(reference)
+
+
 def _landscape(name: str, key: str, description: str) -> Task:
     return Task(name=name, version=1, target_key=key, epoch=TargetEpoch.ANNOTATED,
                 description=description)
 
 
-TASKS: Registry[Task] = Registry("task")
-TASKS.register("test_acc", Task(
-    name="test_acc", version=1, target_key="test_acc",
+register_task(Task(
+    name="test_acc", version=1, target_key="test_acc", per_checkpoint=True,
     description="test accuracy at the final epoch, from the final weights",
 ))
-TASKS.register("ggap", Task(
-    name="ggap", version=1, target_key="train_acc", subtract_key="test_acc",
+register_task(Task(
+    name="ggap", version=1, target_key="train_acc", subtract_key="test_acc", per_checkpoint=True,
     description="generalization gap (train_acc - test_acc) at the final epoch",
 ))
-TASKS.register("cka", _landscape(
+register_task(_landscape(
     "cka", "representation_similarity",
     "mean linear CKA of the logits between the seeds of the model's grid point"))
-TASKS.register("hessian", _landscape(
+register_task(_landscape(
     "hessian", "log_hessian_trace_train", "log of the Hessian trace on training data"))
-TASKS.register("hessian_top_ev", _landscape(
+register_task(_landscape(
     "hessian_top_ev", "log_hessian_top_ev_val",
     "log of the top Hessian eigenvalue on held-out data (the published key)"))
-TASKS.register("mode_connectivity", _landscape(
+register_task(_landscape(
     "mode_connectivity", "curve_mc_train_error",
     "Bezier mode connectivity on train error (%) between the seeds of the grid point"))
-TASKS.register("phase", Task(
+register_task(Task(
     name="phase", version=1, target_key="phase", kind=TaskKind.CLASSIFICATION,
     epoch=TargetEpoch.ANNOTATED, main_score=Score.MACRO_F1,
     scores=(Score.ACCURACY, Score.MACRO_F1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -118,6 +119,24 @@ class Zoo:
                     f"zoo '{root}': {len(missing)} trial(s) listed in {fmt.MANIFEST_FILE} are "
                     f"missing, e.g. '{missing[0]}'; restore them or rebuild the zoo"
                 )
+
+    @classmethod
+    def resolve(cls, reference: str | Path) -> "Zoo":
+        """A zoo by path, or by name among the zoos that :mod:`wslbench.paths` knows."""
+        from wslbench.paths import known_zoos, zoo_dirs
+
+        path = Path(reference).expanduser()
+        if path.exists():
+            return cls.open(path)
+        known = known_zoos()
+        if str(reference) in known:
+            return cls.open(known[str(reference)])
+        close = difflib.get_close_matches(str(reference), known, n=3)
+        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+        raise FileNotFoundError(
+            f"no zoo {str(reference)!r}: not a folder, and not a zoo name in "
+            f"{', '.join(map(str, zoo_dirs()))}; {hint}known: {', '.join(known) or 'none'}. "
+            "Build one with `wslbench quickstart` or `zoo-builder build SPEC --out DIR`")
 
     @cached_property
     def revision(self) -> str:
