@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 from baselines.targets import is_classification
 from baselines.param_graph import (EDGE_TYPES, EDGE_VALUE_FEATURES, NODE_VALUE_FEATURES,
                                    parameter_graph)
-from wslbench.predictor import ModelSample, Predictor
+from wslbench.predictor import ModelSample, NotApplicableError, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -364,6 +364,10 @@ class GMN(Predictor):
 
     def graphs(self, models: Sequence[ModelSample], what: str = "graphs") -> list[CompactGraph]:
         """Each model's compact parameter graph, built once."""
+        if any(m.model_args is None for m in models):
+            raise NotApplicableError(
+                "gmn builds its graph from the architecture arguments, which this task "
+                "withholds from predictors; use a predictor on the weights alone (stat-mlp)")
         return [compact(parameter_graph(m.model_args, m.state_dict()))
                 for m in tqdm(models, desc=f"{self.name}: {what}", leave=False, disable=None)]
 

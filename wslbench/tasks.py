@@ -202,7 +202,7 @@ def get_task(reference: str) -> Task:
     return TASKS.get(reference)
 
 
-def _landscape(name: str, key: str, description: str) -> Task:
+def _annotated(name: str, key: str, description: str) -> Task:
     return Task(name=name, version=1, target_key=key, epoch=TargetEpoch.ANNOTATED,
                 description=description)
 
@@ -215,15 +215,15 @@ register_task(Task(
     name="ggap", version=1, target_key="train_acc", subtract_key="test_acc", per_checkpoint=True,
     description="generalization gap (train_acc - test_acc) at the final epoch",
 ))
-register_task(_landscape(
+register_task(_annotated(
     "cka", "representation_similarity",
     "mean linear CKA of the logits between the seeds of the model's grid point"))
-register_task(_landscape(
+register_task(_annotated(
     "hessian", "log_hessian_trace_train", "log of the Hessian trace on training data"))
-register_task(_landscape(
+register_task(_annotated(
     "hessian_top_ev", "log_hessian_top_ev_val",
     "log of the top Hessian eigenvalue on held-out data (the published key)"))
-register_task(_landscape(
+register_task(_annotated(
     "mode_connectivity", "curve_mc_train_error",
     "Bezier mode connectivity on train error (%) between the seeds of the grid point"))
 register_task(Task(
@@ -232,3 +232,24 @@ register_task(Task(
     scores=(Score.ACCURACY, Score.MACRO_F1),
     description="phase label (I, II, III, IV-A, IV-B) from the landscape metrics",
 ))
+
+# Downstream results (zoo-builder annotate --metrics downstream): how a method behaves on the
+# model, which the paper ties to its phase.
+register_task(_annotated(
+    "wiseft_gain", "wiseft_acc_test_delta",
+    "test-accuracy gain of averaging the model's last checkpoints (BatchNorm re-estimated)"))
+register_task(_annotated(
+    "rebasin_gain", "gitrebasin_acc_test_delta",
+    "test-accuracy gain of averaging the grid point's seeds after git re-basin alignment"))
+register_task(_annotated(
+    "prune_acc_50", "prune_acc_test_50",
+    "test accuracy after global magnitude pruning of half the conv and linear weights"))
+register_task(_annotated(
+    "prune_acc_90", "prune_acc_test_90",
+    "test accuracy after global magnitude pruning of 90% of the conv and linear weights"))
+register_task(_annotated(
+    "ensemble_gain", "ensemble_gain",
+    "test-accuracy gain of the seeds' ensemble (averaged softmax) over its mean member"))
+register_task(_annotated(
+    "transfer_acc", "transfer_acc",
+    "test accuracy on the transfer data set after fine-tuning the whole model on it"))

@@ -10,6 +10,8 @@ setting open, the spec's ``notes`` say what we chose.
 
 from __future__ import annotations
 
+import dataclasses
+
 from zoo_builder.specs import SPECS, Axis, Preset, ZooSpec
 
 # --------------------------------------------------------------------------- vision
@@ -241,4 +243,14 @@ SPECS.register("digits-resnet18", ZooSpec(
                        load_values=(1, 2, 4, 8, 16), temperature_values=(16, 32, 64, 256, 512),
                        epochs=20, checkpoint_epochs=(5, 10, 15)),
     },
+))
+
+# The same zoo on the rotated and shifted digits: a second data set for the same architecture,
+# so that the cross-zoo split (train on digits, test on these) runs without downloads.
+SPECS.register("digits-rotated-resnet18", dataclasses.replace(
+    SPECS.get("digits-resnet18"),
+    name="digits-rotated-resnet18",
+    description="ResNet-18 on the digits rotated by 45 degrees and shifted by a pixel "
+                "(`digits-rotated`): the cross-zoo partner of digits-resnet18",
+    dataset="digits-rotated",
 ))
