@@ -63,6 +63,8 @@ from torch import nn
 if TYPE_CHECKING:
     from torch_geometric.data import Data
 
+    from zoo_builder.downstream.permutation import PermutationSpec
+
 NODE_TYPES = ("input", "hidden", "conv", "projection", "stream", "layernorm", "query", "key",
               "value", "head", "mlp", "output")
 EDGE_TYPES = ("linear", "conv", "projection", "residual", "norm", "query", "key", "value",
@@ -394,116 +396,33 @@ def parameter_graph(model_args: Mapping[str, Any],
 
 # --------------------------------------------------------------------------- weight symmetries
 
-def _permute(state: dict[str, torch.Tensor], key: str, dim: int, perm: torch.Tensor) -> None:
-    if key in state:
-        state[key] = state[key].index_select(dim, perm)
 
+def _node_block_permutations(model: nn.Module, spec: "PermutationSpec",
+                             perms: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The permutations of ``spec``'s groups as permutations of :func:`parameter_graph`'s node
+    blocks: a block of layer outputs moves with the group of its weight's rows (GPT's token
+    embedding: its columns), a projection shortcut's block with its convolution's, and an
+    attention layer's head nodes with its query/key heads."""
+    from zoo_builder.models.vit import SelfAttention
 
-def _permute_outputs(state: dict[str, torch.Tensor], module: str, perm: torch.Tensor,
-                     norm: str | None = None) -> None:
-    """Rows of ``module``'s weight and bias, and the entries of its normalization ``norm``."""
-    _permute(state, f"{module}.weight", 0, perm)
-    _permute(state, f"{module}.bias", 0, perm)
-    if norm is not None:
-        for entry in ("weight", "bias", "running_mean", "running_var"):
-            _permute(state, f"{norm}.{entry}", 0, perm)
-
-
-def _pinn_permutations(model, state, generator) -> dict[str, torch.Tensor]:
-    names = [f"layers.{n}" for n, m in model.layers.named_children() if isinstance(m, nn.Linear)]
-    perms = {}
-    for name, following in zip(names[:-1], names[1:]):
-        perm = torch.randperm(state[f"{name}.weight"].shape[0], generator=generator)
-        _permute_outputs(state, name, perm)
-        _permute(state, f"{following}.weight", 1, perm)
-        perms[name] = perm
-    return perms
-
-
-def _resnet_permutations(model, state, generator) -> dict[str, torch.Tensor]:
-    from zoo_builder.models.resnet import Bottleneck
-
-    def randperm(n: int) -> torch.Tensor:
-        return torch.randperm(n, generator=generator)
-
-    stream = randperm(model.conv1.out_channels)  # one permutation per residual stream
-    _permute_outputs(state, "conv1", stream, "bn1")
-    perms = {"conv1": stream}
-    for stage in ("layer1", "layer2", "layer3", "layer4"):
-        for index, block in enumerate(getattr(model, stage)):
-            prefix = f"{stage}.{index}"
-            convs = ("conv1", "conv2", "conv3") if isinstance(block, Bottleneck) else \
-                ("conv1", "conv2")
-            _permute(state, f"{prefix}.conv1.weight", 1, stream)
-            if len(block.shortcut) == 0:
-                out = stream
-            else:
-                _permute(state, f"{prefix}.shortcut.0.weight", 1, stream)
-                out = randperm(block.shortcut[0].out_channels)
-                _permute_outputs(state, f"{prefix}.shortcut.0", out, f"{prefix}.shortcut.1")
-                perms[f"{prefix}.shortcut"] = out
-            for position, (conv, following) in enumerate(zip(convs, convs[1:]), start=1):
-                perm = randperm(getattr(block, conv).out_channels)
-                _permute_outputs(state, f"{prefix}.{conv}", perm, f"{prefix}.bn{position}")
-                _permute(state, f"{prefix}.{following}.weight", 1, perm)
-                perms[f"{prefix}.{conv}"] = perm
-            _permute_outputs(state, f"{prefix}.{convs[-1]}", out, f"{prefix}.bn{len(convs)}")
-            perms[f"{prefix}.{convs[-1]}"] = out
-            stream = out
-    _permute(state, "fc.weight", 1, stream)
-    return perms
-
-
-def _transformer_permutations(model, state, generator, stream_entries) -> dict[str, torch.Tensor]:
-    """Residual-stream, attention (heads, and dims within a head) and MLP permutations."""
-    dim = len(state["norm.weight"])
-    stream = torch.randperm(dim, generator=generator)
-    for key, axis in stream_entries:
-        _permute(state, key, axis, stream)
-    perms = {name: stream for name in _stream_blocks(model)}
-    for index, block in enumerate(model.blocks):
-        prefix, attention = f"blocks.{index}", f"blocks.{index}.attention"
-        for entry in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"):
-            _permute(state, f"{prefix}.{entry}", 0, stream)
-        for role in ("query", "key", "value"):
-            _permute(state, f"{attention}.{role}.weight", 1, stream)
-        _permute_outputs(state, f"{attention}.output", stream)
-        _permute(state, f"{prefix}.mlp.fc1.weight", 1, stream)
-        _permute_outputs(state, f"{prefix}.mlp.fc2", stream)
-        heads = block.attention.heads
-        head_dim = dim // heads
-        head_perm = torch.randperm(heads, generator=generator)
-
-        def within_heads() -> torch.Tensor:
-            return torch.cat([head_perm[h] * head_dim
-                              + torch.randperm(head_dim, generator=generator)
-                              for h in range(heads)])
-
-        query_key, value = within_heads(), within_heads()
-        _permute_outputs(state, f"{attention}.query", query_key)
-        _permute_outputs(state, f"{attention}.key", query_key)
-        _permute_outputs(state, f"{attention}.value", value)
-        _permute(state, f"{attention}.output.weight", 1, value)
-        hidden = torch.randperm(block.mlp.fc1.out_features, generator=generator)
-        _permute_outputs(state, f"{prefix}.mlp.fc1", hidden)
-        _permute(state, f"{prefix}.mlp.fc2.weight", 1, hidden)
-        perms.update({f"{attention}.query": query_key, f"{attention}.key": query_key,
-                      f"{attention}.value": value, f"{attention}.heads": head_perm,
-                      f"{prefix}.mlp.fc1": hidden})
-    for entry in ("norm.weight", "norm.bias"):
-        _permute(state, entry, 0, stream)
-    return perms
-
-
-def _stream_blocks(model: nn.Module) -> list[str]:
-    """The node blocks of a transformer's residual stream and its LayerNorms: the blocks that
-    its stream permutation acts on."""
-    first = "patch_embedding" if hasattr(model, "patch_embedding") else "token_embedding"
-    names = [first, "norm"]
-    for index in range(len(model.blocks)):
-        names += [f"blocks.{index}.{part}" for part in ("norm1", "attention.output", "norm2",
-                                                         "mlp.fc2")]
-    return names
+    blocks = {}
+    for name, module in model.named_modules():
+        axis = 0
+        if isinstance(module, SelfAttention):
+            group = spec.groups[f"{name}.query_key"]
+            heads = perms[f"{name}.query_key"].view(group.heads, group.head_dim)[:, 0]
+            blocks[f"{name}.heads"] = heads // group.head_dim
+            continue
+        if isinstance(module, nn.Embedding) and name == "token_embedding":
+            axis = 1
+        elif not isinstance(module, (nn.Conv2d, nn.Linear, nn.LayerNorm)):
+            continue
+        block = name.removesuffix(".shortcut.0") + ".shortcut" \
+            if name.endswith(".shortcut.0") else name
+        group = spec.key_axes.get(f"{name}.weight", {}).get(axis)
+        if group is not None:
+            blocks[block] = perms[group]
+    return blocks
 
 
 def permute_hidden_units(model_args: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor],
@@ -511,7 +430,8 @@ def permute_hidden_units(model_args: Mapping[str, Any], state_dict: Mapping[str,
                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Randomly permute hidden units of a model without changing its function.
 
-    PINN: the neurons of each hidden layer. ResNet: the channels inside each block and of each
+    The symmetries are :func:`zoo_builder.downstream.permutation.permutation_spec`'s. PINN:
+    the neurons of each hidden layer. ResNet: the channels inside each block and of each
     residual stream (one permutation shared by all blocks joined by identity shortcuts).
     Transformers: the residual stream (LayerNorm is equivariant to it), each MLP's hidden
     units, and per attention layer the heads plus, within each head, the query/key dims (one
@@ -521,26 +441,13 @@ def permute_hidden_units(model_args: Mapping[str, Any], state_dict: Mapping[str,
     permuted node block of :func:`parameter_graph`, the permutation: new unit ``i`` of that
     block is old unit ``perm[i]``.
     """
-    from zoo_builder.models.gpt import GPT
-    from zoo_builder.models.pinn import PINNMLP
-    from zoo_builder.models.resnet import ResNet
-    from zoo_builder.models.vit import ViT
+    from zoo_builder.downstream.permutation import (apply_permutation, permutation_spec,
+                                                    random_permutation)
 
-    model = build_structure(model_args)
-    state = normalize_keys(state_dict)
-    if isinstance(model, PINNMLP):
-        return state, _pinn_permutations(model, state, generator)
-    if isinstance(model, ResNet):
-        return state, _resnet_permutations(model, state, generator)
-    if isinstance(model, ViT):
-        entries = [("patch_embedding.weight", 0), ("patch_embedding.bias", 0), ("cls_token", 2),
-                   ("position_embedding", 2), ("head.weight", 1)]
-        return state, _transformer_permutations(model, state, generator, entries)
-    if isinstance(model, GPT):
-        entries = [("token_embedding.weight", 1), ("position_embedding.weight", 1)]
-        return state, _transformer_permutations(model, state, generator, entries)
-    raise TypeError(f"no weight permutation for model class {type(model).__name__}; known: "
-                    "PINNMLP, ResNet, ViT, GPT")
+    spec = permutation_spec(model_args)
+    perms = random_permutation(spec, generator)
+    state = apply_permutation(spec, normalize_keys(state_dict), perms)
+    return state, _node_block_permutations(build_structure(model_args), spec, perms)
 
 
 def node_relabeling(graph, perms: Mapping[str, torch.Tensor]) -> torch.Tensor:

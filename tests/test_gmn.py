@@ -263,14 +263,15 @@ def test_gmn_recovers_a_known_function_of_the_weights(tmp_path):
 
 
 def _samples(zoo_root, labels=False):
-    from wslbench.evaluate import samples
+    from wslbench.evaluate import TaskItem, samples
 
     zoo = Zoo.open(zoo_root)
     task = TASKS.get("test_acc")
     targets = task.targets(zoo.models)
     if labels:
         targets = np.where(targets > np.median(targets), "big", "small")
-    return samples(zoo.models, task), targets
+    items = [TaskItem(m, task.epoch_of(m), m.name, t) for m, t in zip(zoo.models, targets)]
+    return samples(items, task), targets
 
 
 def test_gmn_classifies_string_labels_and_is_deterministic(tmp_path):
