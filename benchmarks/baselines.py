@@ -14,9 +14,10 @@ targets the zoo does not have (e.g. loss-landscape metrics of the language zoo, 
 measured for image zoos only) is reported as skipped. The table prints each task's scores
 (R² and Kendall tau for regression, accuracy and macro-F1 for the phase) and the wall time of
 all seeds; the paper's Table 1 ranges for its linear probe on ResNet-18 zoos are printed
-beside them for reference. ``--write-leaderboard`` saves every result JSON under
-``leaderboards/results/<zoo>/<task>/<baseline>.json``; ``--from-results`` prints the table of
-the stored results without running anything.
+beside them for reference. ``--write-leaderboard`` submits every result to ``leaderboards/``
+as ``wslbench submit --baseline`` does (one entry per baseline, zoo and split; the zoo's
+reference of true targets is added where missing) and renders the tables; ``--from-results``
+prints the table of the stored entries without running anything.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from pathlib import Path
 # path, or `import baselines` would find this file.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from wslbench.evaluate import EvaluationResult, evaluate  # noqa: E402
+from wslbench import leaderboard  # noqa: E402
+from wslbench.evaluate import EvaluationResult, evaluate
 from wslbench.predictor import PREDICTORS, NotApplicableError, load_predictor_class
 from wslbench.splits import cache_dir, resolve_split
 from wslbench.tasks import TASKS
@@ -40,7 +42,23 @@ from wslbench.zoo import Zoo
 
 BASELINES = ("linear-probe", "stat-gbm", "stat-mlp", "flat-mlp", "gmn")
 ZOOS = ("digits-resnet18:mini", "shakespeare-gpt2:default")
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "leaderboards" / "results"
+LEADERBOARD_DIR = Path(__file__).resolve().parents[1] / "leaderboards"
+
+#: What the leaderboard says about each baseline: a description, the paper it follows and
+#: its code in this repository.
+BASELINE_METHODS = {
+    "linear-probe": dict(description="ridge / logistic regression on weight statistics, the "
+                                     "paper's Table 1 protocol", paper=None,
+                         code="baselines/linear_probe.py"),
+    "stat-gbm": dict(description="LightGBM on weight statistics (Unterthiner et al. 2020)",
+                     paper="https://arxiv.org/abs/2002.11448", code="baselines/stat_gbm.py"),
+    "stat-mlp": dict(description="MLP on weight statistics, StatNN (Unterthiner et al. 2020)",
+                     paper="https://arxiv.org/abs/2002.11448", code="baselines/stat_mlp.py"),
+    "flat-mlp": dict(description="MLP on the flattened weights", paper=None,
+                     code="baselines/flat_mlp.py"),
+    "gmn": dict(description="graph metanetwork on parameter graphs (Lim et al. 2023)",
+                paper="https://arxiv.org/abs/2312.04501", code="baselines/gmn.py"),
+}
 
 #: The paper's Table 1 (linear probe on ResNet-18 zoos, R²), via REFERENCE.md section 6.
 PAPER_TABLE_1 = {"test_acc": "0.54-0.92", "ggap": "0.53-0.67", "cka": "0.13-0.46",
@@ -85,7 +103,8 @@ def cell(scores: dict, name: str) -> str:
     return "nan" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
 
 
-def print_table(rows: list[tuple[str, str, str, EvaluationResult | str, float]]) -> str:
+def print_table(rows: list[tuple[str, str, str, EvaluationResult | dict | str, float]]) -> str:
+    """The rows' markdown table; a row's result is a result, its scores, or why it is missing."""
     header = (f"| zoo | task | baseline | R² | Kendall tau | accuracy | macro-F1 | wall time (s) "
               f"| paper Table 1 R² (linear probe) |")
     lines = [header, "|" + "---|" * 9]
@@ -93,7 +112,7 @@ def print_table(rows: list[tuple[str, str, str, EvaluationResult | str, float]])
         if isinstance(result, str):
             lines.append(f"| {zoo} | {task} | {baseline} | {result} | | | | | |")
             continue
-        scores = result.scores
+        scores = result if isinstance(result, dict) else result.scores
         lines.append(f"| {zoo} | {task} | {baseline} | {cell(scores, 'r2')} | "
                      f"{cell(scores, 'kendall_tau')} | {cell(scores, 'accuracy')} | "
                      f"{cell(scores, 'macro_f1')} | {seconds:.0f} | "
@@ -103,17 +122,24 @@ def print_table(rows: list[tuple[str, str, str, EvaluationResult | str, float]])
     return text
 
 
-def stored_rows() -> list[tuple[str, str, str, EvaluationResult, float]]:
-    """The table rows of every result JSON under :data:`RESULTS_DIR`."""
-    import json
-
+def stored_rows() -> list[tuple[str, str, str, dict, float]]:
+    """The table rows of every baseline entry under :data:`LEADERBOARD_DIR`."""
     rows = []
-    for path in sorted(RESULTS_DIR.glob("*/*/*.json")):
-        result = EvaluationResult(**json.loads(path.read_text()))
-        rows.append((path.parts[-3], result.task["name"], result.predictor["name"], result,
-                     result.provenance["wall_time_s"]))
+    for entry in leaderboard.load_entries(LEADERBOARD_DIR):
+        if not entry.method.baseline:
+            continue
+        for task_name, task in entry.tasks.items():
+            scores = {name: {"mean": s.mean, "std": s.std} for name, s in task.scores.items()}
+            rows.append((entry.zoo.name, task_name, entry.method.name, scores, task.wall_time_s))
     order = {name: index for index, name in enumerate(BASELINES)}
     return sorted(rows, key=lambda row: (row[0], row[1], order.get(row[2], len(order))))
+
+
+def submit_baseline(result: EvaluationResult, board: Path = LEADERBOARD_DIR) -> list[Path]:
+    """Add a baseline's result to the leaderboard (``wslbench submit --baseline``)."""
+    name = result.predictor["name"]
+    return leaderboard.submit([result.to_json()], board, baseline=True,
+                              **BASELINE_METHODS.get(name, {}))
 
 
 def main() -> None:
@@ -125,10 +151,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="for building and annotating")
     parser.add_argument("--cache", type=Path, default=None, help="default: the wslbench cache")
     parser.add_argument("--write-leaderboard", action="store_true",
-                        help=f"save each result JSON under {RESULTS_DIR}")
+                        help=f"submit each result to {LEADERBOARD_DIR} and render its tables")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     parser.add_argument("--from-results", action="store_true",
-                        help=f"only print the table of the results stored in {RESULTS_DIR}")
+                        help=f"only print the table of the baseline entries in "
+                             f"{LEADERBOARD_DIR}")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.from_results:
@@ -149,7 +176,9 @@ def main() -> None:
                     k: round(v["mean"], 3) for k, v in result.scores.items()}
                 print(f"{label} {task} {baseline}: {summary} ({seconds:.0f}s)", flush=True)
                 if args.write_leaderboard and not isinstance(result, str):
-                    result.save(RESULTS_DIR / label.replace(":", "-") / task / f"{baseline}.json")
+                    submit_baseline(result)
+    if args.write_leaderboard:
+        leaderboard.write_rendered(LEADERBOARD_DIR)
     text = print_table(rows)
     if args.markdown:
         args.markdown.write_text(text + "\n")

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from wslbench.commands import run_command
+from wslbench.export import add_export_command
+from wslbench.leaderboard_cli import add_leaderboard_commands
 from wslbench.predictor import PREDICTORS, entry_points
 from wslbench.splits import SPLITS
 from wslbench.tasks import TASK_VERSIONS, TASKS, get_task
@@ -116,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="passed to predictors that take a device, e.g. cuda")
     ev.add_argument("--output", help="write the result JSON (with per-model predictions) here")
     ev.set_defaults(run=cmd_evaluate)
+
+    add_leaderboard_commands(commands)
+    add_export_command(commands)
 
     qs = commands.add_parser("quickstart", help="build the mini digits zoo and evaluate "
                                                 "linear-probe on every task")

@@ -111,13 +111,26 @@ class Split:
     def sizes(self) -> dict[str, int]:
         return {part: len(self.part(part)) for part in PARTS}
 
+    def to_json(self) -> dict[str, Any]:
+        """What a split file holds: the content and its sha256."""
+        return {**self.content(), "sha256": self.sha256}
+
     def save(self, path: Path) -> None:
-        fmt.atomic_write_json(path, {**self.content(), "sha256": self.sha256})
+        fmt.atomic_write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> "Split":
         try:
             data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"'{path}' is not a split file ({type(err).__name__}: {err})") from err
+        return cls.from_json(data, source=f"split file '{path}'")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "split") -> "Split":
+        """The split of :meth:`to_json`'s data; refused when it does not match its sha256."""
+        try:
+            data = dict(data)
             stored = data.pop("sha256", None)
             unknown = set(data) - {f.name for f in fields(cls)}
             if unknown:
@@ -127,10 +140,10 @@ class Split:
             if data.get("epochs") is not None:
                 data["epochs"] = {part: tuple(data["epochs"][part]) for part in PARTS}
             split = cls(**data)
-        except (OSError, json.JSONDecodeError, TypeError, KeyError) as err:
-            raise ValueError(f"'{path}' is not a split file ({type(err).__name__}: {err})") from err
+        except (TypeError, KeyError) as err:
+            raise ValueError(f"{source} is not a split ({type(err).__name__}: {err})") from err
         if stored is not None and stored != split.sha256:
-            raise ValueError(f"split file '{path}' does not match its sha256: it was edited")
+            raise ValueError(f"{source} does not match its sha256: it was edited")
         return split
 
 

@@ -1,0 +1,321 @@
+"""The leaderboard: submit, validate (re-scoring every entry), render, and the committed entries."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wslbench import leaderboard as lb
+from wslbench.evaluate import evaluate
+from wslbench.leaderboard_cli import main as cli
+from wslbench.predictor import Predictor
+from wslbench.splits import resolve_split
+from wslbench.tasks import TASKS
+from wslbench.zoo import Zoo
+
+
+class NormProbe(Predictor):
+    """A 1-D least-squares fit on the total weight norm: fast, and better than a constant."""
+
+    name = "norm-probe"
+
+    def features(self, models) -> np.ndarray:
+        return np.array([[sum(float(t.float().norm()) for t in m.state_dict().values()), 1.0]
+                         for m in models])
+
+    def fit(self, train, train_targets, val, val_targets) -> None:
+        self.coef, *_ = np.linalg.lstsq(self.features(train), train_targets, rcond=None)
+
+    def predict(self, models) -> np.ndarray:
+        return self.features(models) @ self.coef
+
+
+class MeanGuess(Predictor):
+    """The training mean for every model, nudged by the seed so that seeds differ."""
+
+    name = "mean-guess"
+
+    def fit(self, train, train_targets, val, val_targets) -> None:
+        self.mean = float(np.mean(train_targets)) + 0.01 * self.seed
+
+    def predict(self, models) -> np.ndarray:
+        return np.full(len(models), self.mean)
+
+
+@pytest.fixture(scope="module")
+def results(tiny_zoo, tmp_path_factory) -> dict[tuple[str, str], Path]:
+    """Result files of both predictors on test_acc and ggap of the tiny zoo."""
+    out = tmp_path_factory.mktemp("results")
+    with pytest.MonkeyPatch.context() as patch:  # split files go to a temporary cache
+        patch.setenv("WSLBENCH_CACHE", str(out / "cache"))
+        zoo = Zoo.open(tiny_zoo)
+        split, _ = resolve_split(zoo, "iid")
+        paths = {}
+        for predictor in (NormProbe, MeanGuess):
+            for task in ("test_acc", "ggap"):
+                result = evaluate(predictor, TASKS.get(task), zoo, split, seeds=(0, 1))
+                paths[predictor.name, task] = out / f"{predictor.name}-{task}.json"
+                result.save(paths[predictor.name, task])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def board(results, tmp_path_factory) -> Path:
+    """A leaderboard with both predictors on both tasks (its zoo reference made by submit)."""
+    root = tmp_path_factory.mktemp("board") / "leaderboards"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WSLBENCH_CACHE", str(root.parent / "cache"))
+        lb.submit([lb.load_result(results["norm-probe", t]) for t in ("test_acc", "ggap")],
+                  root, paper="https://example.org/paper", code="tests/test_leaderboard.py",
+                  parameters=2)
+        lb.submit([lb.load_result(results["mean-guess", t]) for t in ("test_acc", "ggap")],
+                  root, baseline=True)
+    return root
+
+
+@pytest.fixture
+def copy(board, tmp_path) -> Path:
+    """A copy of the board for a test to tamper with."""
+    return Path(shutil.copytree(board, tmp_path / "leaderboards"))
+
+
+def problems(root: Path, zoos=()) -> dict[str, list[str]]:
+    """The problems of every file that fails, by path relative to the leaderboard."""
+    return {str(c.path.relative_to(root)): c.problems for c in lb.validate(root, zoos)
+            if c.problems}
+
+
+def entry_file(root: Path, method: str = "norm-probe") -> Path:
+    return root / "entries" / "digits-resnet18-tiny" / "iid" / f"{method}.json"
+
+
+def edit(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data, indent=1))
+
+
+def only_problem(root: Path, method: str = "norm-probe") -> str:
+    found = problems(root)
+    key = str(entry_file(root, method).relative_to(root))
+    assert list(found) == [key], found
+    return " | ".join(found[key])
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_a_correct_entry_passes_and_its_reference_matches_the_zoo(board, tiny_zoo, capsys):
+    assert problems(board, zoos=[Zoo.open(tiny_zoo)]) == {}
+    assert sorted(p.name for p in (board / "entries").rglob("*.json")) == [
+        "mean-guess.json", "norm-probe.json"]
+    entry = lb.Entry.from_json(json.loads(entry_file(board).read_text()))
+    assert sorted(entry.tasks) == ["ggap", "test_acc"]
+    assert entry.method.parameters == 2 and not entry.method.baseline
+    assert entry.tasks["test_acc"].seeds == [0, 1]
+    assert cli(["leaderboard", "validate", "--leaderboard", str(board),
+                "--zoo", str(tiny_zoo)]) == 0
+    out = capsys.readouterr().out
+    assert "targets recomputed from" in out and "all valid" in out and "FAIL" not in out
+
+
+def test_a_tampered_score_fails(copy):
+    def tamper(data):
+        data["tasks"]["test_acc"]["scores"]["r2"]["per_seed"][1] += 0.1
+    edit(entry_file(copy), tamper)
+    message = only_problem(copy)
+    assert "task 'test_acc': seed 1: stored r2" in message
+    assert "recomputed from the predictions" in message
+
+
+def test_a_mean_that_does_not_follow_from_per_seed_fails(copy):
+    edit(entry_file(copy), lambda d: d["tasks"]["ggap"]["scores"]["kendall_tau"].update(mean=0.99))
+    assert "kendall_tau.mean 0.99 is not the mean of per_seed" in only_problem(copy)
+
+
+def test_a_wrong_split_hash_fails(copy):
+    edit(entry_file(copy), lambda d: d["split"].update(sha256="0" * 64))
+    message = only_problem(copy)
+    assert "split sha256 000000000000 does not match the reference's split 'iid'" in message
+
+
+def test_predictions_for_unknown_models_fail(copy):
+    def rename(data):
+        predictions = data["tasks"]["ggap"]["predictions"]["0"]
+        first = sorted(predictions)[0]
+        predictions["NN_not_in_the_zoo"] = predictions.pop(first)
+    edit(entry_file(copy), rename)
+    message = only_problem(copy)
+    assert "task 'ggap': seed 0: predictions for 1 unknown models" in message
+    assert "'NN_not_in_the_zoo'" in message
+    assert "seed 0: no prediction for 1 test models" in message
+
+
+def test_a_missing_field_fails(copy):
+    edit(entry_file(copy), lambda d: d["tasks"]["test_acc"].pop("main_score"))
+    assert only_problem(copy) == "missing field 'tasks.test_acc.main_score'"
+
+
+def test_an_unknown_field_and_a_string_for_a_number_fail(copy):
+    edit(entry_file(copy), lambda d: d["method"].update(stars=5))
+    assert "unknown field 'method.stars'" in only_problem(copy)
+    edit(entry_file(copy), lambda d: (d["method"].pop("stars"),
+                                      d["tasks"]["ggap"].update(wall_time_s="3.2")))
+    assert only_problem(copy) == "field 'tasks.ggap.wall_time_s' must be a number, not \"3.2\""
+
+
+def test_malformed_json_fails(copy):
+    path = entry_file(copy)
+    path.write_text(path.read_text()[:200])
+    assert only_problem(copy).startswith("malformed JSON at line ")
+
+
+def test_an_unreleased_task_version_fails(copy):
+    edit(entry_file(copy), lambda d: d["tasks"]["ggap"].update(version=99))
+    assert "ggap@v99 is not a released task version (released: ggap@v1" in only_problem(copy)
+
+
+def test_an_entry_filed_under_another_method_fails(copy):
+    entry_file(copy).rename(entry_file(copy, "someone-else"))
+    assert "belongs at 'entries/digits-resnet18-tiny/iid/norm-probe.json'" in only_problem(
+        copy, "someone-else")
+
+
+def test_an_edited_reference_fails_and_so_do_its_entries(copy, tiny_zoo):
+    (reference,) = (copy / "zoos").rglob("*.json")
+
+    def lower_one_target(data):
+        targets = data["targets"]["test_acc@v1"]["iid"]
+        targets[sorted(targets)[0]] -= 0.5
+    edit(reference, lower_one_target)
+    found = problems(copy)
+    assert "the reference was edited" in " ".join(found[str(reference.relative_to(copy))])
+    assert all("has no valid reference" in " ".join(p) for k, p in found.items()
+               if k.startswith("entries/"))
+    # A forger who also rewrites the sha256 is caught where the zoo is at hand.
+    edit(reference, lambda d: d.update(sha256=lb.Reference.from_json(d).content_hash()))
+    assert str(reference.relative_to(copy)) not in problems(copy)
+    found = problems(copy, zoos=[Zoo.open(tiny_zoo)])
+    assert "targets of test_acc@v1 on split 'iid' differ from the zoo" in " ".join(
+        found[str(reference.relative_to(copy))])
+
+
+def test_validate_cli_reports_each_problem_and_exits_1(copy, capsys):
+    edit(entry_file(copy), lambda d: d["split"].update(sha256="f" * 64))
+    assert cli(["leaderboard", "validate", "--leaderboard", str(copy)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL leaderboards/entries/digits-resnet18-tiny/iid/norm-probe.json: split sha256" in out
+    assert "ok   leaderboards/entries/digits-resnet18-tiny/iid/mean-guess.json" in out
+    assert "1 failed" in out
+
+
+# --------------------------------------------------------------------------- submit
+
+
+def test_submit_merges_tasks_into_one_entry_and_keeps_method_fields(results, tmp_path,
+                                                                     tiny_zoo, capsys):
+    root = tmp_path / "leaderboards"
+    assert cli(["submit", str(results["norm-probe", "test_acc"]), "--leaderboard", str(root),
+                "--name", "Norm Probe", "--paper", "https://example.org/p", "--parameters",
+                "2"]) == 0
+    assert "wrote leaderboards/entries/digits-resnet18-tiny/iid/norm-probe.json" in \
+        capsys.readouterr().out
+    path = entry_file(root)
+    assert list(json.loads(path.read_text())["tasks"]) == ["test_acc"]
+    (reference,) = (root / "zoos" / "digits-resnet18-tiny").glob("*.json")
+    assert reference.name == f"{Zoo.open(tiny_zoo).revision[:16]}.json"
+
+    # A second task joins the entry; the paper and parameters given before are kept.
+    assert cli(["submit", str(results["norm-probe", "ggap"]), "--leaderboard", str(root),
+                "--name", "Norm Probe"]) == 0
+    entry = lb.Entry.from_json(json.loads(path.read_text()))
+    assert sorted(entry.tasks) == ["ggap", "test_acc"]
+    assert (entry.method.name, entry.method.paper, entry.method.parameters) == (
+        "Norm Probe", "https://example.org/p", 2)
+    # Submitting a task again replaces it.
+    assert cli(["submit", str(results["norm-probe", "ggap"]), "--leaderboard", str(root),
+                "--name", "Norm Probe"]) == 0
+    assert sorted(lb.Entry.from_json(json.loads(path.read_text())).tasks) == ["ggap", "test_acc"]
+    assert problems(root) == {}
+
+
+def test_submit_refuses_a_result_whose_scores_do_not_follow(results, tmp_path):
+    bad = tmp_path / "bad.json"
+    data = json.loads(results["mean-guess", "ggap"].read_text())
+    data["scores"]["r2"]["per_seed"][0] = 0.99
+    bad.write_text(json.dumps(data))
+    root = tmp_path / "leaderboards"
+    with pytest.raises(lb.LeaderboardError, match="does not validate, nothing written"):
+        lb.submit([lb.load_result(bad)], root)
+    assert not (root / "entries").exists()
+
+
+def test_submit_without_a_reference_or_the_zoo_says_how_to_add_one(results, tmp_path):
+    data = json.loads(results["mean-guess", "ggap"].read_text())
+    data["zoo"]["path"] = str(tmp_path / "gone")
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps(data))
+    with pytest.raises(lb.LeaderboardError, match=r"is not there; run `wslbench leaderboard "
+                                                  r"add-zoo ZOO_PATH --split iid --task ggap@v1`"):
+        lb.submit([lb.load_result(moved)], tmp_path / "leaderboards")
+
+
+def test_add_zoo_stores_the_tasks_the_zoo_has_targets_for(tiny_zoo, tmp_path, capsys):
+    root = tmp_path / "leaderboards"
+    assert cli(["leaderboard", "add-zoo", str(tiny_zoo), "--leaderboard", str(root)]) == 0
+    (path,) = (root / "zoos").rglob("*.json")
+    reference = lb.load_reference(path)
+    assert {"test_acc@v1", "ggap@v1"} <= set(reference.targets)
+    assert "hessian@v1" not in reference.targets  # the tiny zoo is not annotated
+    assert problems(root, zoos=[Zoo.open(tiny_zoo)]) == {}
+
+
+# --------------------------------------------------------------------------- render
+
+
+def test_render_sorts_rows_by_the_main_score_and_escapes_names(board, results, tmp_path):
+    root = Path(shutil.copytree(board, tmp_path / "leaderboards"))
+    lb.submit([lb.load_result(results["mean-guess", "test_acc"])], root,
+              name="<b>x</b> & co", code="https://example.org/?a=1&b=2")
+    files = lb.render(root)
+    markdown, page = files[root / "README.md"], files[root / "index.html"]
+
+    table = markdown.split("#### test_acc@v1")[1].split("\n\n")[2].splitlines()[2:]
+    means = [float(row.split("|")[3].split("±")[0]) for row in table]
+    assert [row.split("|")[1].strip() for row in table] == ["1", "2", "3"]
+    assert means == sorted(means, reverse=True)
+    assert "[norm-probe](../tests/test_leaderboard.py) ([paper](https://example.org/paper))" \
+        in markdown
+    assert "mean-guess *baseline*" in markdown
+    assert "\\<b\\>x\\</b\\> & co" in markdown
+
+    assert "&lt;b&gt;x&lt;/b&gt; &amp; co" in page and "<b>x</b>" not in page
+    assert 'href="https://example.org/?a=1&amp;b=2"' in page
+    assert "<script" not in page and "http://" not in page.split("<body>")[0]
+    assert page.count('<table class="leaderboard"') == 2
+
+
+def test_render_check_tells_stale_tables(board, tmp_path, capsys):
+    root = Path(shutil.copytree(board, tmp_path / "leaderboards"))
+    assert cli(["leaderboard", "render", "--check", "--leaderboard", str(root)]) == 1
+    assert cli(["leaderboard", "render", "--leaderboard", str(root)]) == 0
+    assert cli(["leaderboard", "render", "--check", "--leaderboard", str(root)]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- committed
+
+
+def test_every_committed_entry_validates_and_the_tables_are_rendered():
+    """What CI runs: the repository's leaderboard re-scores and its README is current."""
+    root = lb.default_root()
+    checked = lb.validate(root)
+    assert any(c.kind == "entry" for c in checked)
+    assert {str(c.path.relative_to(root)): c.problems for c in checked if c.problems} == {}
+    for path, text in lb.render(root).items():
+        assert path.read_text(encoding="utf-8") == text, (
+            f"{path} is out of date; run `wslbench leaderboard render`")
