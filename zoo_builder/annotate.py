@@ -15,6 +15,39 @@ checkpointed epoch), the values go into result.json at that epoch under the publ
   ``curve_mc_test_loss``: Bezier mode connectivity, averaged over the seed pairs;
 - ``phase`` and ``phase_rules_version``, from the metrics above (:mod:`zoo_builder.phases`).
 
+Downstream methods (:mod:`zoo_builder.downstream`, REFERENCE §5; image-classification zoos
+only), asked for by group name or all at once as ``downstream``, are not computed by default.
+Accuracies are fractions in [0, 1], deltas and gains differences of them; the model itself is
+the checkpoint at the annotated epoch, evaluated as it is on the test set:
+
+- ``epoch_average`` (the paper's Wise-FT curve): the uniform average of the model's
+  checkpoints with epoch > annotated epoch - ``average_window`` (parameters and buffers),
+  BatchNorm statistics re-estimated on the training images: ``wiseft_acc_test`` and
+  ``wiseft_acc_test_delta`` (minus the model's), ``wiseft_n_checkpoints`` (how many were
+  averaged; fewer than 2 in the window: nothing is stored and a warning says to widen it);
+- ``rebasin`` (Git re-basin, per grid point, the same values for each of its models): the
+  other seeds aligned to the first seed's basin by weight matching and averaged with it,
+  BatchNorm re-estimated: ``gitrebasin_acc_test``, ``gitrebasin_acc_test_delta`` (minus the
+  first seed's accuracy), ``gitrebasin_naive_acc_test_delta`` (the same average without
+  alignment, the control), ``gitrebasin_barrier_before`` and ``gitrebasin_barrier_after``
+  (train-loss barrier along the straight line from the first to the second seed, before and
+  after aligning the second, BatchNorm re-estimated at every point; ``_acc_barrier_`` the
+  same in train accuracy), ``gitrebasin_n_models``;
+- ``pruning``: global magnitude pruning of the convolution and linear weights to each of
+  ``prune_sparsities`` (optionally fine-tuned with the mask fixed for
+  ``prune_finetune_epochs``): ``prune_acc_test_<pct>``, e.g. ``prune_acc_test_90`` at
+  sparsity 0.9, and ``prune_finetune_epochs``;
+- ``ensemble`` (per grid point): the seeds' averaged softmax outputs: ``ensemble_acc_test``,
+  ``ensemble_member_acc_test`` (mean over the seeds), ``ensemble_gain`` (the difference),
+  ``ensemble_loss_test`` (cross-entropy of the averaged probabilities), ``ensemble_size``;
+- ``transfer``: the whole model fine-tuned on a second data set (digits -> ``digits-rotated``,
+  CIFAR-10 -> STL-10; ``transfer_dataset``): ``transfer_acc_before``, ``transfer_acc`` (target
+  test accuracy before and after), ``transfer_acc_gain``, ``transfer_dataset``,
+  ``transfer_epochs``, and the Wise-FT curve between the model and its fine-tuned version at
+  each alpha of ``wiseft_alphas``, in percent: ``wiseft_alpha_<pct>_transfer_acc`` and
+  ``wiseft_alpha_<pct>_source_acc`` (e.g. ``wiseft_alpha_25_source_acc``: alpha 0.25, the
+  interpolated model's accuracy on the source's test set).
+
 A metric already stored is not computed again unless ``force`` is set; every write is atomic,
 so an annotation killed at any moment resumes where it was. At the end the summary table
 (and, for our zoos, the manifest) is rewritten.
@@ -22,6 +55,7 @@ so an annotation killed at any moment resumes where it was. At the end the summa
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import math
@@ -40,14 +74,32 @@ from zoo_builder.models import build_model, load_weights
 
 log = logging.getLogger(__name__)
 
-#: Metric groups a user can ask for; ``phase`` is derived from the other three.
-METRIC_GROUPS = ("hessian", "cka", "mode_connectivity", "phase")
+#: Loss-landscape groups, computed by default; ``phase`` is derived from the other three.
+LANDSCAPE_GROUPS = ("hessian", "cka", "mode_connectivity", "phase")
 
-#: The key whose presence in a result row means that the group is done at that epoch.
+#: Downstream methods (image classification only), computed when asked for.
+DOWNSTREAM_GROUPS = ("epoch_average", "rebasin", "pruning", "ensemble", "transfer")
+
+#: Metric groups a user can ask for.
+METRIC_GROUPS = LANDSCAPE_GROUPS + DOWNSTREAM_GROUPS
+
+#: Names that stand for several groups.
+GROUP_SETS = {"landscape": LANDSCAPE_GROUPS, "downstream": DOWNSTREAM_GROUPS,
+              "all": METRIC_GROUPS}
+
+#: Groups measured on the seeds of a grid point together (one value for all of them).
+SEED_GROUPS = ("cka", "mode_connectivity", "rebasin", "ensemble")
+
+#: The key whose presence in a result row means that the group is done at that epoch;
+#: ``pruning`` and ``transfer`` need every key of their settings (see :func:`done_keys`).
 DONE_KEYS = {
     "hessian": "hessian_trace_train",
     "cka": "representation_similarity",
     "mode_connectivity": "curve_mc_train_error",
+    "epoch_average": "wiseft_acc_test_delta",
+    "rebasin": "gitrebasin_acc_test_delta",
+    "ensemble": "ensemble_acc_test",
+    "transfer": "transfer_acc",
 }
 
 
@@ -67,6 +119,34 @@ class AnnotationSettings:
     mc_eval_points: int = 5
     mc_augment: bool = False
     seed: int = 0
+    # downstream methods
+    average_window: int = 5  # epochs: checkpoints with epoch > annotated - window are averaged
+    barrier_points: int = 5  # points on the linear path between two seeds (ends included)
+    prune_sparsities: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
+    prune_finetune_epochs: int = 0
+    prune_finetune_lr: float = 0.01
+    transfer_dataset: str | None = None  # None: the default target of the zoo's data set
+    transfer_epochs: int = 5
+    transfer_lr: float = 0.01
+    finetune_batch_size: int = 64  # pruning fine-tuning and transfer
+    wiseft_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+    def __post_init__(self):
+        checks = [
+            ("average_window", self.average_window >= 1, "at least 1 epoch"),
+            ("barrier_points", self.barrier_points >= 2, "at least 2 (both ends)"),
+            ("prune_sparsities", all(0 <= s <= 1 for s in self.prune_sparsities),
+             "fractions in [0, 1]"),
+            ("prune_finetune_epochs", self.prune_finetune_epochs >= 0, "at least 0"),
+            ("transfer_epochs", self.transfer_epochs >= 0, "at least 0"),
+            ("finetune_batch_size", self.finetune_batch_size >= 1, "at least 1"),
+            ("prune_finetune_lr", self.prune_finetune_lr > 0, "positive"),
+            ("transfer_lr", self.transfer_lr > 0, "positive"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"annotation setting {name} must be {expected}; "
+                                 f"got {getattr(self, name)!r}")
 
 
 class AnnotationError(RuntimeError):
@@ -88,21 +168,22 @@ class GridPointJob:
     data_root: str | None = None
 
 
-def annotate_zoo(root: str | Path, groups: Sequence[str] = METRIC_GROUPS,
+def annotate_zoo(root: str | Path, groups: Sequence[str] = LANDSCAPE_GROUPS,
                  epochs: Sequence[int] | None = None, force: bool = False, workers: int = 1,
                  device: str = "cpu", settings: AnnotationSettings = AnnotationSettings(),
                  dataset: str | None = None, data_root: str | None = None,
                  progress: bool = True) -> Zoo:
     """Annotate every model of the zoo at ``root``; return the zoo read back.
 
-    ``dataset`` names the training data where params.json does not (published zoos record
-    only the path of a data dump); ``data_root`` is where the data sets lie."""
+    ``groups`` are names of :data:`METRIC_GROUPS` or of :data:`GROUP_SETS` (``downstream``:
+    every downstream method). ``dataset`` names the training data where params.json does not
+    (published zoos record only the path of a data dump); ``data_root`` is where the data
+    sets lie."""
     from zoo_builder.build import zoo_lock
 
-    unknown = sorted(set(groups) - set(METRIC_GROUPS))
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {list(METRIC_GROUPS)}")
+    groups = expand_groups(groups)
     zoo = Zoo.open(root)
+    check_downstream_zoo(zoo, groups)
     jobs = [
         GridPointJob(name=f"grid point {index}", trial_dirs=tuple(m.path for m in models),
                      epochs=tuple(epochs) if epochs is not None else None,
@@ -122,6 +203,56 @@ def annotate_zoo(root: str | Path, groups: Sequence[str] = METRIC_GROUPS,
             label_zoo_phases(Zoo.open(root), epochs)
         refresh_zoo_tables(Zoo.open(root))
     return Zoo.open(root)
+
+
+def expand_groups(groups: Sequence[str]) -> list[str]:
+    """Group names with ``landscape``, ``downstream`` and ``all`` expanded, in the order of
+    :data:`METRIC_GROUPS`."""
+    unknown = sorted(set(groups) - set(METRIC_GROUPS) - set(GROUP_SETS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {list(METRIC_GROUPS)} or "
+                         f"{list(GROUP_SETS)}")
+    wanted = {g for name in groups for g in GROUP_SETS.get(name, (name,))}
+    return [g for g in METRIC_GROUPS if g in wanted]
+
+
+def check_downstream_zoo(zoo: Zoo, groups: Sequence[str]) -> None:
+    """Downstream methods train and evaluate classifiers: refuse other zoos up front."""
+    asked = [g for g in groups if g in DOWNSTREAM_GROUPS]
+    if not asked:
+        return
+    for model in zoo.models:
+        workload = model.params.get("training::workload", "image_classification")
+        if workload != "image_classification":
+            raise AnnotationError(
+                f"downstream metrics {asked} need an image-classification zoo; model "
+                f"'{model.name}' of '{zoo.root}' is trained for '{workload}'. Annotate this zoo "
+                "with the landscape groups only (--metrics landscape)")
+
+
+def done_keys(group: str, settings: AnnotationSettings) -> tuple[str, ...]:
+    """The keys that must all be stored for ``group`` to count as done at an epoch."""
+    if group == "pruning":
+        return tuple(prune_key(s) for s in settings.prune_sparsities)
+    if group == "transfer":
+        return ("transfer_acc", *(key for a in settings.wiseft_alphas
+                                  for key in wiseft_alpha_keys(a)))
+    return (DONE_KEYS[group],)
+
+
+def percent_label(fraction: float) -> str:
+    """A fraction as a key part in percent: 0.9 -> "90", 0.125 -> "12_5"."""
+    value = round(float(fraction) * 100, 6)
+    return str(int(value)) if value == int(value) else f"{value:g}".replace(".", "_")
+
+
+def prune_key(sparsity: float) -> str:
+    return f"prune_acc_test_{percent_label(sparsity)}"
+
+
+def wiseft_alpha_keys(alpha: float) -> tuple[str, str]:
+    label = percent_label(alpha)
+    return f"wiseft_alpha_{label}_transfer_acc", f"wiseft_alpha_{label}_source_acc"
 
 
 def grid_points(zoo: Zoo) -> dict[str, list[ModelRecord]]:
@@ -171,23 +302,46 @@ def annotate_grid_point(job: GridPointJob) -> str | None:
     try:
         models = [ModelRecord.read(path) for path in job.trial_dirs]
         data = dataset_for(models[0], job.dataset, job.data_root).to(job.device)
+        target = None
+        if "transfer" in job.groups:
+            from zoo_builder.downstream.transfer import transfer_data
+
+            source = job.dataset or models[0].params.get("dataset::name")
+            target = transfer_data(source, job.settings.transfer_dataset,
+                                   job.data_root).to(job.device)
         epochs = sorted({e for m in models for e in annotation_epochs(m, job.epochs)})
+        per_model = {"hessian": hessian_annotation, "epoch_average": epoch_average_annotation,
+                     "pruning": pruning_annotation,
+                     "transfer": lambda m, e, d, j: transfer_annotation(m, e, d, target, j)}
         for epoch in epochs:
-            if "hessian" in job.groups:
+            for group, annotation in per_model.items():
+                if group not in job.groups:
+                    continue
                 for model in models:
-                    if job.force or not _done(model, epoch, "hessian"):
-                        _store(model, epoch, hessian_annotation(model, epoch, data, job))
-            pair_groups = [g for g in ("cka", "mode_connectivity") if g in job.groups
-                           and (job.force or not all(_done(m, epoch, g) for m in models))]
-            if pair_groups and len(models) < 2:
-                log.warning("%s has one seed: no CKA or mode connectivity", models[0].name)
+                    if job.force or not _done(model, epoch, group, job.settings):
+                        values = annotation(model, epoch, data, job)
+                        if values:
+                            _store(model, epoch, values)
+            seed_groups = [g for g in SEED_GROUPS if g in job.groups
+                           and (job.force or not all(_done(m, epoch, g, job.settings)
+                                                     for m in models))]
+            if seed_groups and len(models) < 2:
+                log.warning("%s has one seed: no %s", models[0].name, ", ".join(seed_groups))
+                continue
+            if not seed_groups:
                 continue
             networks = [load_model(m, epoch, job.device) for m in models]
             values: dict[str, Any] = {}
-            if "cka" in pair_groups:
+            if "cka" in seed_groups:
                 values.update(cka_annotation(networks, data, job.settings))
-            if "mode_connectivity" in pair_groups:
+            if "mode_connectivity" in seed_groups:
                 values.update(mode_connectivity_annotation(networks, models[0], data, job))
+            if "rebasin" in seed_groups:
+                order = sorted(range(len(models)), key=lambda i: _seed_order(models[i]))
+                values.update(rebasin_annotation(models[0].model_args,
+                                                 [networks[i] for i in order], data, job))
+            if "ensemble" in seed_groups:
+                values.update(ensemble_annotation(networks, data))
             for model in models:
                 _store(model, epoch, values)
         return None
@@ -196,9 +350,16 @@ def annotate_grid_point(job: GridPointJob) -> str | None:
         return f"{type(err).__name__}: {err}"
 
 
-def _done(model: ModelRecord, epoch: int, group: str) -> bool:
+def _seed_order(model: ModelRecord) -> tuple:
+    """Seeds in increasing order (the first is re-basin's reference), then by name."""
+    seed = model.seed
+    return (seed is None, seed if isinstance(seed, (int, float)) else str(seed), model.name)
+
+
+def _done(model: ModelRecord, epoch: int, group: str, settings: AnnotationSettings) -> bool:
     rows = fmt.read_results(model.path)
-    return epoch < len(rows) and rows[epoch].get(DONE_KEYS[group]) is not None
+    return epoch < len(rows) and all(rows[epoch].get(key) is not None
+                                     for key in done_keys(group, settings))
 
 
 def _store(model: ModelRecord, epoch: int, values: dict[str, Any]) -> None:
@@ -274,6 +435,143 @@ def mode_connectivity_annotation(networks: list[torch.nn.Module], model: ModelRe
     values: dict[str, Any] = {key: sum(p[key] for p in pair_metrics) / len(pair_metrics)
                               for key in pair_metrics[0]}
     values["mc_pairs"] = len(pair_metrics)
+    return values
+
+
+# --------------------------------------------------------------------------- downstream
+
+
+def _with_batchnorm_from(network: torch.nn.Module, state: dict[str, torch.Tensor],
+                         data: ImageData) -> torch.nn.Module:
+    """A copy of ``network`` holding ``state`` (made weights), its BatchNorm statistics
+    re-estimated on the training images."""
+    from zoo_builder.landscape.batchnorm import recompute_batchnorm_statistics
+
+    made = copy.deepcopy(network)
+    made.load_state_dict(state)
+    recompute_batchnorm_statistics(made, data.train_x, data.normalize)
+    return made.eval()
+
+
+def _test_acc(network: torch.nn.Module, data: ImageData) -> float:
+    from zoo_builder.workloads import evaluate_classifier
+
+    return evaluate_classifier(network, data, data.test_x, data.test_y)[1]
+
+
+def epoch_average_annotation(model: ModelRecord, epoch: int, data: ImageData,
+                             job: GridPointJob) -> dict[str, Any]:
+    """The uniform average of the model's checkpoints in the window ending at ``epoch``,
+    BatchNorm re-estimated, against the checkpoint at ``epoch``; {} if fewer than 2."""
+    from zoo_builder.downstream.averaging import average_checkpoints
+
+    window = job.settings.average_window
+    chosen = [e for e in model.checkpoint_epochs if epoch - window < e <= epoch]
+    if len(chosen) < 2:
+        log.warning("%s: %d checkpoint(s) in the epoch-averaging window (%d, %d] (checkpoints at "
+                    "%s), so no epoch average; widen the window (--average-window) to take in "
+                    "at least two", model.name, len(chosen), epoch - window, epoch,
+                    list(model.checkpoint_epochs))
+        return {}
+    network = load_model(model, epoch, job.device)
+    states = [load_model(model, e, job.device).state_dict() for e in chosen]
+    averaged = _with_batchnorm_from(network, average_checkpoints(states), data)
+    single, average = _test_acc(network, data), _test_acc(averaged, data)
+    return {"wiseft_acc_test": average, "wiseft_acc_test_delta": average - single,
+            "wiseft_n_checkpoints": len(chosen)}
+
+
+def rebasin_annotation(model_args: dict[str, Any], networks: list[torch.nn.Module],
+                       data: ImageData, job: GridPointJob) -> dict[str, Any]:
+    """Git re-basin of the seeds (``networks`` in seed order, the first is the reference):
+    the aligned average against the reference, and the linear-path barriers of the first
+    pair before and after alignment."""
+    from zoo_builder.downstream.averaging import average_checkpoints
+    from zoo_builder.downstream.rebasin import (align, image_classification_evaluator,
+                                                linear_path_barrier, rebasin_average)
+
+    states = [network.state_dict() for network in networks]
+    reference, others = states[0], states[1:]
+    seed = job.settings.seed
+    averaged = _with_batchnorm_from(networks[0],
+                                    rebasin_average(model_args, reference, others, seed=seed), data)
+    naive = _with_batchnorm_from(networks[0], average_checkpoints(states), data)
+    reference_acc = _test_acc(networks[0], data)
+    rebasin_acc = _test_acc(averaged, data)
+    evaluate = image_classification_evaluator(model_args, data, data.train_x, data.train_y,
+                                              batchnorm_inputs=data.train_x, device=job.device)
+    points = job.settings.barrier_points
+    before = linear_path_barrier(evaluate, reference, others[0], n_points=points)
+    after = linear_path_barrier(evaluate, reference,
+                                align(model_args, reference, others[0], seed=seed),
+                                n_points=points)
+    return {"gitrebasin_acc_test": rebasin_acc,
+            "gitrebasin_acc_test_delta": rebasin_acc - reference_acc,
+            "gitrebasin_naive_acc_test_delta": _test_acc(naive, data) - reference_acc,
+            "gitrebasin_barrier_before": before["loss_barrier"],
+            "gitrebasin_barrier_after": after["loss_barrier"],
+            "gitrebasin_acc_barrier_before": before["acc_barrier"],
+            "gitrebasin_acc_barrier_after": after["acc_barrier"],
+            "gitrebasin_n_models": len(networks)}
+
+
+def pruning_annotation(model: ModelRecord, epoch: int, data: ImageData,
+                       job: GridPointJob) -> dict[str, Any]:
+    """Test accuracy after global magnitude pruning of the convolution and linear weights at
+    each sparsity (fine-tuned with the mask fixed if ``prune_finetune_epochs`` > 0)."""
+    from zoo_builder.downstream.pruning import (finetune_pruned, global_magnitude_prune,
+                                                prunable_weights)
+
+    settings = job.settings
+    network = load_model(model, epoch, job.device)
+    state, prunable = network.state_dict(), prunable_weights(network)
+    values: dict[str, Any] = {"prune_finetune_epochs": settings.prune_finetune_epochs}
+    for sparsity in settings.prune_sparsities:
+        pruned_state, masks = global_magnitude_prune(state, sparsity, prunable)
+        pruned = copy.deepcopy(network)
+        pruned.load_state_dict(pruned_state)
+        if settings.prune_finetune_epochs > 0:
+            finetune_pruned(pruned, masks, data, epochs=settings.prune_finetune_epochs,
+                            lr=settings.prune_finetune_lr, batch_size=settings.finetune_batch_size,
+                            seed=settings.seed)
+        values[prune_key(sparsity)] = _test_acc(pruned, data)
+    return values
+
+
+def ensemble_annotation(networks: list[torch.nn.Module], data: ImageData) -> dict[str, Any]:
+    """The seeds' output-averaging ensemble on the test set."""
+    from zoo_builder.downstream.ensembling import ensemble_accuracy
+
+    result = ensemble_accuracy(networks, data)
+    return {"ensemble_acc_test": result.accuracy,
+            "ensemble_member_acc_test": result.mean_member_accuracy,
+            "ensemble_gain": result.gain, "ensemble_loss_test": result.loss,
+            "ensemble_size": len(networks)}
+
+
+def transfer_annotation(model: ModelRecord, epoch: int, data: ImageData, target: ImageData,
+                        job: GridPointJob) -> dict[str, Any]:
+    """Fine-tune the model on ``target``; its accuracy there and the Wise-FT curve."""
+    from zoo_builder.downstream.transfer import check_compatible, transfer
+
+    settings = job.settings
+    network = load_model(model, epoch, job.device)
+    args = model.model_args
+    check_compatible(int(args.get("o_dim", args.get("num_classes", data.num_classes))),
+                     int(args.get("channels_in", args.get("in_channels", data.in_channels))),
+                     target)
+    result = transfer(network, data, target, epochs=settings.transfer_epochs,
+                      lr=settings.transfer_lr, batch_size=settings.finetune_batch_size,
+                      alphas=settings.wiseft_alphas, seed=settings.seed)
+    values: dict[str, Any] = {"transfer_acc_before": result.acc_before,
+                              "transfer_acc": result.acc_after,
+                              "transfer_acc_gain": result.acc_after - result.acc_before,
+                              "transfer_dataset": target.name,
+                              "transfer_epochs": settings.transfer_epochs}
+    for alpha, target_acc, source_acc in zip(result.alphas, result.target_acc,
+                                             result.source_acc):
+        target_key, source_key = wiseft_alpha_keys(alpha)
+        values[target_key], values[source_key] = target_acc, source_acc
     return values
 
 

@@ -81,10 +81,15 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from zoo_builder.annotate import METRIC_GROUPS, AnnotationSettings, annotate_zoo
+    from zoo_builder.annotate import LANDSCAPE_GROUPS, AnnotationSettings, annotate_zoo
 
-    settings = AnnotationSettings(hessian_samples=args.hessian_samples, mc_epochs=args.mc_epochs)
-    zoo = annotate_zoo(args.zoo, groups=args.metrics or METRIC_GROUPS, epochs=args.epochs,
+    settings = AnnotationSettings(
+        hessian_samples=args.hessian_samples, mc_epochs=args.mc_epochs,
+        average_window=args.average_window, prune_sparsities=tuple(args.prune_sparsities),
+        prune_finetune_epochs=args.prune_finetune_epochs, transfer_dataset=args.transfer_dataset,
+        transfer_epochs=args.transfer_epochs, transfer_lr=args.transfer_lr,
+        wiseft_alphas=tuple(args.wiseft_alphas))
+    zoo = annotate_zoo(args.zoo, groups=args.metrics or LANDSCAPE_GROUPS, epochs=args.epochs,
                        force=args.force, workers=args.workers, device=args.device,
                        settings=settings, dataset=args.dataset, data_root=args.data_root)
     print(f"annotated {len(zoo)} models of {zoo.root}")
@@ -115,6 +120,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from zoo_builder.annotate import (DOWNSTREAM_GROUPS, GROUP_SETS, METRIC_GROUPS,
+                                      AnnotationSettings)
+
+    defaults = AnnotationSettings()
     parser = argparse.ArgumentParser(prog="zoo-builder", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
@@ -162,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     annotate = commands.add_parser(
         "annotate", help="add loss-landscape metrics and phase labels to every model of a zoo")
     annotate.add_argument("zoo", help="the zoo's root folder (ours or the published layout)")
-    annotate.add_argument("--metrics", nargs="+",
-                          choices=["hessian", "cka", "mode_connectivity", "phase"],
-                          help="what to compute (default: all)")
+    annotate.add_argument("--metrics", nargs="+", choices=[*METRIC_GROUPS, *GROUP_SETS],
+                          help="what to compute (default: the loss-landscape metrics and the "
+                               f"phase); 'downstream' is {', '.join(DOWNSTREAM_GROUPS)} "
+                               "(image-classification zoos), 'all' everything")
     annotate.add_argument("--epochs", type=int, nargs="+",
                           help="checkpointed epochs to annotate (default: each model's last)")
     annotate.add_argument("--force", action="store_true", help="recompute stored metrics")
@@ -174,10 +184,29 @@ def build_parser() -> argparse.ArgumentParser:
                                             "does not name it (published zoos)")
     annotate.add_argument("--data-root", help="folder holding the data sets (default: "
                                                "$WSLBENCH_DATA, else ~/.cache/wslbench/data)")
-    annotate.add_argument("--hessian-samples", type=int, default=200,
+    annotate.add_argument("--hessian-samples", type=int, default=defaults.hessian_samples,
                           help="training samples in the fixed Hessian subset")
-    annotate.add_argument("--mc-epochs", type=int, default=10,
+    annotate.add_argument("--mc-epochs", type=int, default=defaults.mc_epochs,
                           help="epochs of Bezier curve training per seed pair")
+    annotate.add_argument("--average-window", type=int, default=defaults.average_window,
+                          help="epoch_average: average the checkpoints of the last this many "
+                               "epochs (epoch > annotated epoch - window; needs two)")
+    annotate.add_argument("--prune-sparsities", type=float, nargs="+",
+                          default=list(defaults.prune_sparsities),
+                          help="pruning: fractions of the conv/linear weights to zero")
+    annotate.add_argument("--prune-finetune-epochs", type=int,
+                          default=defaults.prune_finetune_epochs,
+                          help="pruning: epochs of fine-tuning with the mask fixed (0: none)")
+    annotate.add_argument("--transfer-dataset",
+                          help="transfer: the target data set (default: digits-rotated for "
+                               "digits zoos, stl10 for cifar10 zoos)")
+    annotate.add_argument("--transfer-epochs", type=int, default=defaults.transfer_epochs,
+                          help="transfer: epochs of fine-tuning on the target")
+    annotate.add_argument("--transfer-lr", type=float, default=defaults.transfer_lr,
+                          help="transfer: SGD learning rate (cosine decay to 0)")
+    annotate.add_argument("--wiseft-alphas", type=float, nargs="+",
+                          default=list(defaults.wiseft_alphas),
+                          help="transfer: Wise-FT interpolation weights of the fine-tuned model")
     annotate.set_defaults(run=cmd_annotate)
 
     plot = commands.add_parser("plot", help="draw the phase plots of a zoo or a summary table")

@@ -38,6 +38,7 @@ class Panel:
     vmin: float | None = None
     vmax: float | None = None
     log_scale: bool = False
+    centred: bool = False  # a range of the data made symmetric about 0 (deltas, gains)
 
 
 # Colour convention: bright = the "good" end (small loss, high accuracy, small gap, high CKA,
@@ -52,6 +53,44 @@ PANELS = (
     Panel("log_hessian_trace_train", "log Hessian trace", "viridis_r", 3.0, 8.0),
     Panel("log_hessian_top_ev_val", "log Hessian top eigenvalue", "viridis_r", 0.0, 6.0),
 )
+
+#: Downstream results (zoo_builder.annotate, docs/phases.md): column pattern, title (the
+#: pattern's group in it, "_" read as "."), colour map, centred at 0. A panel is drawn for
+#: each column of the frame that matches and has a value. Deltas and gains are diverging
+#: (blue = better than the single model / the members, red = worse).
+DOWNSTREAM_PANELS = (
+    (r"wiseft_acc_test_delta", "epoch average: test acc delta", "RdBu", True),
+    (r"gitrebasin_acc_test_delta", "git re-basin average: test acc delta", "RdBu", True),
+    (r"gitrebasin_naive_acc_test_delta", "plain seed average: test acc delta", "RdBu", True),
+    (r"gitrebasin_barrier_before", "linear-path train-loss barrier", "viridis_r", False),
+    (r"gitrebasin_barrier_after", "train-loss barrier after re-basin", "viridis_r", False),
+    (r"prune_acc_test_(\d+(?:_\d+)?)", "test acc at {}% sparsity", "viridis", False),
+    (r"ensemble_acc_test", "seed ensemble: test acc", "viridis", False),
+    (r"ensemble_gain", "seed ensemble: gain over mean member", "RdBu", True),
+    (r"transfer_acc_before", "transfer: target acc before", "viridis", False),
+    (r"transfer_acc", "transfer: target acc after fine-tuning", "viridis", False),
+    (r"transfer_acc_gain", "transfer: gain from fine-tuning", "RdBu", True),
+    (r"wiseft_alpha_(\d+(?:_\d+)?)_transfer_acc", "Wise-FT alpha {}%: target acc", "viridis",
+     False),
+    (r"wiseft_alpha_(\d+(?:_\d+)?)_source_acc", "Wise-FT alpha {}%: source acc", "viridis",
+     False),
+)
+
+
+def downstream_panels(frame: pd.DataFrame) -> list[Panel]:
+    """A panel per downstream result column of ``frame`` that has a value, in the order of
+    :data:`DOWNSTREAM_PANELS` (numbered columns by their number)."""
+    panels = []
+    for pattern, title, cmap, centred in DOWNSTREAM_PANELS:
+        found = []
+        for column in frame.columns:
+            match = re.fullmatch(pattern, str(column))
+            if match and pd.to_numeric(frame[column], errors="coerce").notna().any():
+                number = match.group(1).replace("_", ".") if match.groups() else ""
+                found.append((float(number or 0), column, title.format(number)))
+        panels += [Panel(column, text, cmap, centred=centred) for _, column, text in sorted(found)]
+    return panels
+
 
 PHASE_COLOURS = {
     Phase.I: "#b2182b",
@@ -192,6 +231,8 @@ def _draw_metric(fig, ax, grid: Grid, panel: Panel, fontsize: float, epoch: str 
         return
     lo = panel.vmin if panel.vmin is not None else float(finite.min())
     hi = panel.vmax if panel.vmax is not None else float(finite.max())
+    if panel.centred and panel.vmin is None and panel.vmax is None:
+        lo, hi = -float(np.abs(finite).max()), float(np.abs(finite).max())
     if hi <= lo:
         lo, hi = (lo / 2, hi * 2) if panel.log_scale else (lo - 0.5, hi + 0.5)
     norm = LogNorm(lo, hi) if panel.log_scale else Normalize(lo, hi)
@@ -278,18 +319,26 @@ def plot_phase_diagrams(frame: pd.DataFrame, out_dir: str | Path, title: str,
     eigenvalue, and ``<prefix>_phase_map``), plus ``<prefix>_overview.png`` with all panels.
     Models are averaged per cell (seeds); the phase map shows each cell's majority label
     (tie: the label of the averaged metrics). Cells without a model or value are grey and
-    hatched, never drawn as zero. ``prefix`` defaults to a slug of ``title``. ``ranges`` overrides colour ranges per column,
-    e.g. ``{"representation_similarity": (None, None)}`` for the data's range instead of the
-    reference plots' [0.3, 0.8].
+    hatched, never drawn as zero. ``prefix`` defaults to a slug of ``title``. ``ranges``
+    overrides colour ranges per column, e.g. ``{"representation_similarity": (None, None)}``
+    for the data's range instead of the reference plots' [0.3, 0.8].
+
+    Downstream results (:data:`DOWNSTREAM_PANELS`: epoch averaging, re-basin, pruning,
+    ensembles, transfer), where the frame has them, get a panel each too, and
+    ``<prefix>_downstream_overview.png`` shows them together; deltas and gains use a
+    diverging colour map centred at 0.
     """
     Figure, FigureCanvasAgg = _matplotlib()
-    unknown = sorted(set(ranges or {}) - {panel.column for panel in PANELS})
+    models = per_model(frame)
+    extra = downstream_panels(models)
+    known = [panel.column for panel in (*PANELS, *extra)]
+    unknown = sorted(set(ranges or {}) - set(known))
     if unknown:
-        raise KeyError(f"ranges for unknown panel(s) {unknown}; panels: "
-                       f"{[panel.column for panel in PANELS]}")
+        raise KeyError(f"ranges for unknown panel(s) {unknown}; panels: {known}")
     panels = [dataclasses.replace(p, vmin=ranges[p.column][0], vmax=ranges[p.column][1])
               if ranges and p.column in ranges else p for p in PANELS]
-    models = per_model(frame)
+    extra = [dataclasses.replace(p, vmin=ranges[p.column][0], vmax=ranges[p.column][1])
+             if ranges and p.column in ranges else p for p in extra]
     grid = phase_grid(models, load_column, temperature_column)
     labels = _phase_labels(grid, models, rules, num_classes)
     out_dir = Path(out_dir)
@@ -301,7 +350,7 @@ def plot_phase_diagrams(frame: pd.DataFrame, out_dir: str | Path, title: str,
     final_span = epoch_span(models, "final_epoch")
     landscape_span = epoch_span(models, "landscape_epoch") or final_span
     epochs = {p.column: landscape_span if p.column in LANDSCAPE_COLUMNS else final_span
-              for p in panels}
+              for p in (*panels, *extra)}
     subtitle = f"{title}: {len(models)} models, {len(grid.cells)} cells, seeds averaged"
     if note:
         subtitle += f" ({note})"
@@ -322,7 +371,7 @@ def plot_phase_diagrams(frame: pd.DataFrame, out_dir: str | Path, title: str,
                  epoch=landscape_span)
     fig.suptitle(subtitle, fontsize=8, wrap=True)
     save(fig, f"{prefix}_phase_map", ("png", "svg"), 100)
-    for panel in panels:
+    for panel in (*panels, *extra):
         fig = Figure(figsize=(5.6, 4.4))
         fig.subplots_adjust(left=0.16, right=0.87, bottom=0.13, top=0.80)
         _draw_metric(fig, fig.add_subplot(), grid, panel, 10, epoch=epochs[panel.column])
@@ -341,6 +390,22 @@ def plot_phase_diagrams(frame: pd.DataFrame, out_dir: str | Path, title: str,
                      ylabel=col == 0)
     fig.suptitle(subtitle, fontsize=13)
     save(fig, f"{prefix}_overview", ("png",), 72)
+
+    if extra:  # downstream results: 4 panels a row
+        rows = -(-len(extra) // 4)
+        height = 4.3 * rows + 1.2  # inches: the rows, then margins for the titles and labels
+        fig = Figure(figsize=(19, height))
+        fig.subplots_adjust(left=0.05, right=0.955, bottom=0.6 / height, top=1 - 1.1 / height,
+                            wspace=0.5, hspace=0.42)
+        axes = np.atleast_2d(fig.subplots(rows, 4))
+        for index, (ax, panel) in enumerate(zip(axes.flat, extra)):
+            row, col = divmod(index, 4)
+            _draw_metric(fig, ax, grid, panel, 10, epoch=epochs[panel.column],
+                         xlabel=row == rows - 1, ylabel=col == 0)
+        for ax in list(axes.flat)[len(extra):]:
+            ax.set_visible(False)
+        fig.suptitle(f"{subtitle}: downstream results", fontsize=13, y=1 - 0.25 / height)
+        save(fig, f"{prefix}_downstream_overview", ("png",), 72)
     log.info("wrote %d phase plot files to %s", len(written), out_dir)
     return written
 

@@ -23,6 +23,7 @@ from zoo_builder.data.images import ImageData
 #: dataset::name -> loader(data_root, **options).
 DATASETS: Registry[Callable[..., Any]] = Registry("dataset")
 DATASETS.register("digits", "zoo_builder.data.digits:load_digits")
+DATASETS.register("digits-rotated", "zoo_builder.data.digits:load_digits_rotated")
 DATASETS.register("cifar10", "zoo_builder.data.cifar:load_cifar10")
 DATASETS.register("cifar100", "zoo_builder.data.cifar:load_cifar100")
 DATASETS.register("svhn", "zoo_builder.data.svhn:load_svhn")
