@@ -36,7 +36,8 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 from wslbench import leaderboard  # noqa: E402
 from wslbench.evaluate import EvaluationResult, evaluate
 from wslbench.predictor import PREDICTORS, NotApplicableError, load_predictor_class
-from wslbench.splits import cache_dir, resolve_split
+from wslbench.paths import cache_dir
+from wslbench.splits import SPLITS, resolve_split
 from wslbench.tasks import TASKS
 from wslbench.zoo import Zoo
 
@@ -80,19 +81,21 @@ def prepare_zoo(reference: str, cache: Path, workers: int) -> Zoo:
     return Zoo.open(root)
 
 
-def run_one(baseline: str, task_name: str, zoo: Zoo, seeds: list[int]
-            ) -> EvaluationResult | str:
-    """The result, or why the task could not run on this zoo."""
+def run_one(baseline: str, task_name: str, zoo: Zoo, split_name: str, seeds: list[int],
+            test_zoo: Zoo | None = None) -> EvaluationResult | str:
+    """The result, or why the task could not run on this zoo and split."""
     task = TASKS.get(task_name)
-    split, _ = resolve_split(zoo, "iid")
     try:
+        split, _ = resolve_split(zoo, split_name, test_zoo)
         return evaluate(load_predictor_class(baseline), task, zoo, split, seeds=seeds,
-                        predictor_name=baseline)
+                        predictor_name=baseline, test_zoo=test_zoo)
     except NotApplicableError as err:
         return f"not applicable: {str(err).split(';')[0]}"
     except ValueError as err:
         if "has no model with a" in str(err):
             return f"skipped: the zoo has no '{task_name}' targets"
+        if "per-checkpoint targets" in str(err):
+            return f"skipped: '{task_name}' has no per-checkpoint targets for '{split_name}'"
         raise
 
 
@@ -147,6 +150,9 @@ def main() -> None:
     parser.add_argument("--zoos", nargs="+", default=list(ZOOS), help="spec:preset of each zoo")
     parser.add_argument("--baselines", nargs="+", default=list(BASELINES), choices=PREDICTORS.names())
     parser.add_argument("--tasks", nargs="+", default=TASKS.names(), choices=TASKS.names())
+    parser.add_argument("--splits", nargs="+", default=["iid"], choices=SPLITS.names())
+    parser.add_argument("--test-zoo", help="spec:preset of the zoo that the cross-zoo split "
+                                           "tests on (with --splits cross-zoo)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2, help="for building and annotating")
     parser.add_argument("--cache", type=Path, default=None, help="default: the wslbench cache")
@@ -162,21 +168,29 @@ def main() -> None:
         print_table(stored_rows())
         return
 
+    if ("cross-zoo" in args.splits) != (args.test_zoo is not None):
+        parser.error("--test-zoo goes with --splits cross-zoo, and cross-zoo needs it")
+    cache = args.cache or cache_dir()
+    test_zoo = prepare_zoo(args.test_zoo, cache, args.workers) if args.test_zoo else None
     rows = []
     for reference in args.zoos:
-        zoo = prepare_zoo(reference, args.cache or cache_dir(), args.workers)
-        label = reference.replace(":default", "")
-        for task in args.tasks:
-            for baseline in args.baselines:
-                started = time.perf_counter()
-                result = run_one(baseline, task, zoo, args.seeds)
-                seconds = time.perf_counter() - started
-                rows.append((label, task, baseline, result, seconds))
-                summary = result if isinstance(result, str) else {
-                    k: round(v["mean"], 3) for k, v in result.scores.items()}
-                print(f"{label} {task} {baseline}: {summary} ({seconds:.0f}s)", flush=True)
-                if args.write_leaderboard and not isinstance(result, str):
-                    submit_baseline(result)
+        zoo = prepare_zoo(reference, cache, args.workers)
+        for split_name in args.splits:
+            label = reference.replace(":default", "")
+            if split_name != "iid":
+                label += f" ({split_name})"
+            for task in args.tasks:
+                for baseline in args.baselines:
+                    started = time.perf_counter()
+                    result = run_one(baseline, task, zoo, split_name, args.seeds,
+                                     test_zoo if split_name == "cross-zoo" else None)
+                    seconds = time.perf_counter() - started
+                    rows.append((label, task, baseline, result, seconds))
+                    summary = result if isinstance(result, str) else {
+                        k: round(v["mean"], 3) for k, v in result.scores.items()}
+                    print(f"{label} {task} {baseline}: {summary} ({seconds:.0f}s)", flush=True)
+                    if args.write_leaderboard and not isinstance(result, str):
+                        submit_baseline(result)
     if args.write_leaderboard:
         leaderboard.write_rendered(LEADERBOARD_DIR)
     text = print_table(rows)

@@ -89,8 +89,15 @@ def problems(root: Path, zoos=()) -> dict[str, list[str]]:
             if c.problems}
 
 
+@pytest.fixture
+def rev(tiny_zoo) -> str:
+    """The folder of the tiny zoo's revision in the leaderboard."""
+    return Zoo.open(tiny_zoo).revision[:16]
+
+
 def entry_file(root: Path, method: str = "norm-probe") -> Path:
-    return root / "entries" / "digits-resnet18-tiny" / "iid" / f"{method}.json"
+    (revision,) = (root / "entries" / "digits-resnet18-tiny").iterdir()
+    return revision / "iid" / f"{method}.json"
 
 
 def edit(path: Path, change) -> None:
@@ -179,9 +186,9 @@ def test_an_unreleased_task_version_fails(copy):
     assert "ggap@v99 is not a released task version (released: ggap@v1" in only_problem(copy)
 
 
-def test_an_entry_filed_under_another_method_fails(copy):
+def test_an_entry_filed_under_another_method_fails(copy, rev):
     entry_file(copy).rename(entry_file(copy, "someone-else"))
-    assert "belongs at 'entries/digits-resnet18-tiny/iid/norm-probe.json'" in only_problem(
+    assert f"belongs at 'entries/digits-resnet18-tiny/{rev}/iid/norm-probe.json'" in only_problem(
         copy, "someone-else")
 
 
@@ -204,12 +211,13 @@ def test_an_edited_reference_fails_and_so_do_its_entries(copy, tiny_zoo):
         found[str(reference.relative_to(copy))])
 
 
-def test_validate_cli_reports_each_problem_and_exits_1(copy, capsys):
+def test_validate_cli_reports_each_problem_and_exits_1(copy, rev, capsys):
     edit(entry_file(copy), lambda d: d["split"].update(sha256="f" * 64))
     assert cli(["leaderboard", "validate", "--leaderboard", str(copy)]) == 1
     out = capsys.readouterr().out
-    assert "FAIL leaderboards/entries/digits-resnet18-tiny/iid/norm-probe.json: split sha256" in out
-    assert "ok   leaderboards/entries/digits-resnet18-tiny/iid/mean-guess.json" in out
+    entries = f"leaderboards/entries/digits-resnet18-tiny/{rev}/iid"
+    assert f"FAIL {entries}/norm-probe.json: split sha256" in out
+    assert f"ok   {entries}/mean-guess.json" in out
     assert "1 failed" in out
 
 
@@ -217,12 +225,12 @@ def test_validate_cli_reports_each_problem_and_exits_1(copy, capsys):
 
 
 def test_submit_merges_tasks_into_one_entry_and_keeps_method_fields(results, tmp_path,
-                                                                     tiny_zoo, capsys):
+                                                                     tiny_zoo, rev, capsys):
     root = tmp_path / "leaderboards"
     assert cli(["submit", str(results["norm-probe", "test_acc"]), "--leaderboard", str(root),
                 "--name", "Norm Probe", "--paper", "https://example.org/p", "--parameters",
                 "2"]) == 0
-    assert "wrote leaderboards/entries/digits-resnet18-tiny/iid/norm-probe.json" in \
+    assert f"wrote leaderboards/entries/digits-resnet18-tiny/{rev}/iid/norm-probe.json" in \
         capsys.readouterr().out
     path = entry_file(root)
     assert list(json.loads(path.read_text())["tasks"]) == ["test_acc"]

@@ -5,8 +5,10 @@ Layout of a leaderboard folder (``leaderboards/`` in the repository)::
     zoos/<zoo>/<revision[:16]>.json        reference: the splits and the true test targets of
                                            one zoo revision (zoos are not in git, so CI checks
                                            entries against these)
-    entries/<zoo>/<split>/<method>.json    entry: one method on one zoo and split, every task
-                                           submitted for it, with its per-model predictions
+    entries/<zoo>/<revision[:16]>/<split>/<method>.json
+                                           entry: one method on one zoo revision and split,
+                                           every task submitted for it, with its per-model
+                                           predictions
     README.md, index.html                  the rendered tables
 
 Validation trusts no claimed number: it recomputes every score of every seed from the stored
@@ -204,7 +206,7 @@ class Provenance(_Record):
 
 @dataclass(frozen=True)
 class Entry(_Record):
-    """One method on one zoo revision and split: ``entries/<zoo>/<split>/<method>.json``."""
+    """One method on one zoo revision and split: ``entries/<zoo>/<revision>/<split>/<method>.json``."""
 
     schema_version: int
     method: Method
@@ -279,12 +281,16 @@ def reference_path(root: Path, zoo_name: str, revision: str) -> Path:
     return Path(root) / "zoos" / zoo_name / f"{revision[:16]}.json"
 
 
-def entry_path(root: Path, zoo_name: str, split_name: str, method_name: str) -> Path:
+def entry_path(root: Path, zoo_name: str, revision: str, split_name: str,
+               method_name: str) -> Path:
+    """Beside the zoo reference it is scored against: one folder per zoo revision, so that a
+    new release of a zoo starts new tables and the entries of the old one stay valid."""
     for what, value in (("zoo", zoo_name), ("split", split_name)):
         if not re.fullmatch(r"[\w][\w.\-]*", value):
             raise LeaderboardError(f"{what} name {value!r} cannot name a folder of the "
                                    "leaderboard (letters, digits, '.', '-', '_' only)")
-    return Path(root) / "entries" / zoo_name / split_name / f"{slug(method_name)}.json"
+    return (Path(root) / "entries" / zoo_name / revision[:16] / split_name
+            / f"{slug(method_name)}.json")
 
 
 def read_json(path: Path) -> Any:
@@ -519,7 +525,8 @@ def check_entry(data: Any, references: Mapping[str, Reference],
     problems += _check_method(entry.method)
     if location is not None and root is not None:
         try:
-            expected = entry_path(root, entry.zoo.name, entry.split.name, entry.method.name)
+            expected = entry_path(root, entry.zoo.name, entry.zoo.revision,
+                                  entry.split.name, entry.method.name)
             if Path(location).resolve() != expected.resolve():
                 problems.append(f"the entry of method '{entry.method.name}' on zoo "
                                 f"'{entry.zoo.name}', split '{entry.split.name}' belongs at "
@@ -830,7 +837,7 @@ def submit(results: Sequence[Mapping[str, Any]], root: Path, *, name: str | None
         reference = _reference_for(root, newest, [task_key(r["task"]["name"],
                                                            r["task"]["version"])
                                                   for r in members])
-        path = entry_path(root, reference.zoo.name, split_name, method_name)
+        path = entry_path(root, reference.zoo.name, revision, split_name, method_name)
         old = _existing_entry(path, method_name, revision, newest)
         method = Method(
             name=method_name,
@@ -972,7 +979,7 @@ def render_markdown(entries: Sequence[Entry], references: Mapping[str, Reference
         "wslbench leaderboard validate      # what CI runs",
         "wslbench leaderboard render        # rewrites this file and index.html",
         "```", "",
-        "Files: `entries/<zoo>/<split>/<method>.json` (one per method, zoo and split), "
+        "Files: `entries/<zoo>/<revision>/<split>/<method>.json` (one per method, zoo and split), "
         "`zoos/<zoo>/<revision>.json` (a zoo revision's splits and true test targets). "
         "See [docs/leaderboard.md](../docs/leaderboard.md).", "",
     ]

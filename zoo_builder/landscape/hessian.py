@@ -323,6 +323,10 @@ def _lanczos(op: SymmetricOperator, *, max_iter: int, rtol: float, which: Which,
             for b in basis:
                 w -= (b @ w) * b
         beta = float(w.norm())
+        if not (math.isfinite(alpha) and math.isfinite(beta)):
+            # The loss is not finite at these weights (a diverged model): no curvature.
+            estimate = EigenEstimate(math.nan, math.inf, len(history) + 1, False, tuple(history))
+            return _LanczosRun(estimate, basis, math.nan)
         tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
         if betas:
             off = torch.tensor(betas, dtype=torch.float64)
