@@ -108,8 +108,8 @@ def cell(scores: dict, name: str) -> str:
 
 def print_table(rows: list[tuple[str, str, str, EvaluationResult | dict | str, float]]) -> str:
     """The rows' markdown table; a row's result is a result, its scores, or why it is missing."""
-    header = (f"| zoo | task | baseline | R² | Kendall tau | accuracy | macro-F1 | wall time (s) "
-              f"| paper Table 1 R² (linear probe) |")
+    header = ("| zoo | task | baseline | R² | Kendall tau | accuracy | macro-F1 | wall time (s) "
+              "| paper Table 1 R² (linear probe) |")
     lines = [header, "|" + "---|" * 9]
     for zoo, task, baseline, result, seconds in rows:
         if isinstance(result, str):

@@ -14,6 +14,18 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("WSLBENCH_CACHE", str(tmp_path / "cache"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module of tiny networks: faster, and two threads spin on a
+    shared machine. Use as ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory) -> Path:
     """The digits-resnet18 `tiny` zoo, built once per test session by the real builder."""

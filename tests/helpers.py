@@ -85,3 +85,26 @@ def write_synthetic_zoo(root: Path, n_points: int, seeds=(0, 1),
                                              grid={}, package_version="test", created="now",
                                              trials=trials))
     return root
+
+
+def random_model(model_args: dict, seed: int = 0) -> torch.nn.Module:
+    """A model with random values in every float entry, BatchNorm running statistics and
+    LayerNorms included (so that permutation tests see every tensor move)."""
+    torch.manual_seed(seed)
+    model = build_model(model_args)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand_like(tensor) + 0.5 if name.endswith("running_var")
+                             else torch.randn_like(tensor) * 0.3)
+    return model.eval()
+
+
+def model_input(model_args: dict) -> torch.Tensor:
+    """A small input batch for the architecture of ``model_args`` (8x8 one-channel images)."""
+    generator = torch.Generator().manual_seed(1)
+    if model_args["type"] == "pinn_mlp":
+        return torch.randn(7, 2, generator=generator)
+    if model_args["type"] == "gpt2":
+        return torch.randint(model_args["vocab_size"], (2, 5), generator=generator)
+    return torch.randn(2, 1, 8, 8, generator=generator)

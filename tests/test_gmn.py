@@ -12,7 +12,7 @@ pytest.importorskip("torch_geometric")
 from baselines.gmn import GMN, GMNConfig, GraphMetanetwork, collate, compact, relabel  # noqa: E402
 from baselines.param_graph import (EDGE_FEATURES, EDGE_TYPES, NODE_FEATURES,  # noqa: E402
                                    node_relabeling, parameter_graph, permute_hidden_units)
-from helpers import write_synthetic_zoo  # noqa: E402
+from helpers import model_input, random_model, write_synthetic_zoo  # noqa: E402
 from wslbench.evaluate import evaluate  # noqa: E402
 from wslbench.splits import SPLITS, make_split  # noqa: E402
 from wslbench.tasks import TASKS  # noqa: E402
@@ -27,27 +27,6 @@ VIT = {"type": "vit", "embedding_dim": 6, "num_classes": 4, "in_channels": 1, "i
 GPT = {"type": "gpt2", "model_dim": 6, "vocab_size": 11, "block_size": 5, "n_layer": 2,
        "n_head": 3}
 ARCHITECTURES = {"pinn": PINN, "resnet18": RESNET, "resnet50": RESNET50, "vit": VIT, "gpt": GPT}
-
-
-def random_model(model_args: dict, seed: int = 0) -> nn.Module:
-    """A model with random weights everywhere, BatchNorm statistics and LayerNorms included."""
-    torch.manual_seed(seed)
-    model = build_model(model_args)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if tensor.is_floating_point():
-                tensor.copy_(torch.rand_like(tensor) + 0.5 if name.endswith("running_var")
-                             else torch.randn_like(tensor) * 0.3)
-    return model.eval()
-
-
-def model_input(model_args: dict) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(1)
-    if model_args["type"] == "pinn_mlp":
-        return torch.randn(7, 2, generator=generator)
-    if model_args["type"] == "gpt2":
-        return torch.randint(model_args["vocab_size"], (2, 5), generator=generator)
-    return torch.randn(2, 1, 8, 8, generator=generator)
 
 
 def expected_counts(model: nn.Module, model_args: dict) -> tuple[int, int]:

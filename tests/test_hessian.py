@@ -33,14 +33,8 @@ from zoo_builder.landscape.hessian import (
 N_SAMPLES, CHUNK = 64, 24  # uneven chunks (24, 24, 16): the weighting by chunk size matters
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These networks are tiny: a second thread only adds overhead, and on a shared machine
-    its spin-waiting against other jobs slows the file down twentyfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: Tiny networks: one thread is faster, and two spin on a shared machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp() -> nn.Module:

@@ -28,13 +28,8 @@ END_PARAMS = {"model::width": 8, "training::batchsize": 32, "training::epochs_tr
               "training::checkpoint_epochs": []}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These networks are tiny: one thread is faster, and two spin on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: Tiny networks: one thread is faster, and two spin on a shared machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

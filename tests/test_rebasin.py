@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
+from helpers import model_input, random_model
 from zoo_builder.data import ImageData
 from zoo_builder.downstream import permutation
 from zoo_builder.downstream.permutation import (PermutationGroup, PermutationSpec,
@@ -29,34 +29,8 @@ ARCHITECTURES = {"pinn": PINN, "resnet18": RESNET18, "resnet18_width8": {**RESNE
                  "resnet50": RESNET50, "vit": VIT, "gpt": GPT, "gpt_one_head": {**GPT, "n_head": 1}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks: one thread is faster, and two spin on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def random_model(model_args: dict, seed: int = 0) -> nn.Module:
-    """Random values in every float entry, BatchNorm running statistics and LayerNorms too."""
-    torch.manual_seed(seed)
-    model = build_model(model_args)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if tensor.is_floating_point():
-                tensor.copy_(torch.rand_like(tensor) + 0.5 if name.endswith("running_var")
-                             else torch.randn_like(tensor) * 0.3)
-    return model.eval()
-
-
-def model_input(model_args: dict) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(1)
-    if model_args["type"] == "pinn_mlp":
-        return torch.randn(7, 2, generator=generator)
-    if model_args["type"] == "gpt2":
-        return torch.randint(model_args["vocab_size"], (2, 5), generator=generator)
-    return torch.randn(2, 1, 8, 8, generator=generator)
+#: Tiny networks: one thread is faster, and two spin on a shared machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @torch.no_grad()
