@@ -10,9 +10,9 @@ so (epoch averaging does; the Wise-FT curve of :mod:`zoo_builder.downstream.tran
 not, see there).
 
 The weighted sum itself is :func:`zoo_builder.downstream.rebasin.average_states` (one
-implementation for re-basin, epoch averaging and Wise-FT); here it runs on float64 copies and
-the result is cast back to each tensor's dtype, so averaging identical checkpoints gives them
-back bit for bit and ``interpolate`` at alpha 0 and 1 gives its ends exactly.
+implementation for re-basin, epoch averaging and Wise-FT); it sums in float64 and casts back
+to each tensor's dtype, so averaging identical checkpoints gives them back bit for bit and
+``interpolate`` at alpha 0 and 1 gives its ends exactly.
 """
 
 from __future__ import annotations
@@ -26,18 +26,6 @@ from zoo_builder.downstream.rebasin import average_states
 StateDict = Mapping[str, torch.Tensor]
 
 
-def _float64(state: StateDict) -> dict[str, torch.Tensor]:
-    return {key: value.detach().double() if value.is_floating_point() else value
-            for key, value in state.items()}
-
-
-def _weighted_mean(states: Sequence[StateDict],
-                   weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """``average_states`` in float64, cast back; integer entries from ``states[0]``."""
-    averaged = average_states([_float64(state) for state in states], weights)
-    return {key: value.to(states[0][key].dtype) for key, value in averaged.items()}
-
-
 def average_checkpoints(states: Sequence[StateDict]) -> dict[str, torch.Tensor]:
     """The uniform average of ``states`` (one model's checkpoints, oldest first), key by key.
 
@@ -47,7 +35,7 @@ def average_checkpoints(states: Sequence[StateDict]) -> dict[str, torch.Tensor]:
     if not states:
         raise ValueError("average_checkpoints needs at least one state dict; got none")
     latest_first = list(reversed(states))
-    return _weighted_mean(latest_first, [1.0 / len(states)] * len(states))
+    return average_states(latest_first)
 
 
 def interpolate(theta0: StateDict, theta1: StateDict, alpha: float) -> dict[str, torch.Tensor]:
@@ -58,5 +46,5 @@ def interpolate(theta0: StateDict, theta1: StateDict, alpha: float) -> dict[str,
     """
     alpha = float(alpha)
     if alpha >= 0.5:
-        return _weighted_mean([theta1, theta0], [alpha, 1.0 - alpha])
-    return _weighted_mean([theta0, theta1], [1.0 - alpha, alpha])
+        return average_states([theta1, theta0], [alpha, 1.0 - alpha])
+    return average_states([theta0, theta1], [1.0 - alpha, alpha])
