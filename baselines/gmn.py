@@ -47,6 +47,7 @@ there results may differ in the last bits between runs.
 
 from __future__ import annotations
 
+import functools
 import contextlib
 import copy
 import logging
@@ -95,7 +96,10 @@ class CompactGraph(NamedTuple):
 
 
 def compact(graph) -> CompactGraph:
-    """The :class:`CompactGraph` of a ``parameter_graph`` ``Data``; adds the log degrees."""
+    """The :class:`CompactGraph` of a ``parameter_graph`` ``Data``; adds the log degrees.
+
+    Non-finite weights (a diverged model's inf or NaN) become 0: one such edge would turn
+    every message, and so the whole prediction, into NaN."""
     n, (source, target) = graph.num_nodes, graph.edge_index
     degrees = torch.stack([torch.bincount(target, minlength=n),
                            torch.bincount(source, minlength=n)], dim=1).float().log1p()
@@ -117,8 +121,9 @@ def compact(graph) -> CompactGraph:
     if not torch.equal(pair_type.repeat_interleave(counts[pair_order]), edge_type):
         raise ValueError("parallel edges of different types join the same two nodes; the "
                          "parameter graph is malformed")
-    return CompactGraph(x, pairs, tuple(zip(multiplicities.tolist(), sizes.tolist())),
-                        edge_attr[:, :N_EDGE_VALUES].contiguous().float(), pair_type)
+    finite = functools.partial(torch.nan_to_num, nan=0.0, posinf=0.0, neginf=0.0)
+    return CompactGraph(finite(x), pairs, tuple(zip(multiplicities.tolist(), sizes.tolist())),
+                        finite(edge_attr[:, :N_EDGE_VALUES].contiguous().float()), pair_type)
 
 
 def relabel(graph: CompactGraph, generator: torch.Generator) -> CompactGraph:

@@ -13,6 +13,7 @@ import abc
 import contextlib
 import copy
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -62,12 +63,21 @@ class Standardizer:
     """
 
     def fit(self, x: np.ndarray) -> "Standardizer":
+        finite = np.where(np.isfinite(x), x, np.nan)
+        with warnings.catch_warnings():  # a column without a finite value: filled with 0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.fill = np.nan_to_num(np.nanmedian(finite, axis=0))
+        x = self._filled(x)
         self.mean = x.mean(axis=0)
         self.std = scale_floor(x.std(axis=0)) * np.sqrt(max(x.shape[1], 1))
         return self
 
+    def _filled(self, x: np.ndarray) -> np.ndarray:
+        """Non-finite entries (a diverged model's) replaced by the training median."""
+        return np.where(np.isfinite(x), x, self.fill)
+
     def transform(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean) / self.std
+        return (self._filled(x) - self.mean) / self.std
 
 
 @contextlib.contextmanager

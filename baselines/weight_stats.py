@@ -173,6 +173,8 @@ def featurize(models: Sequence[ModelSample], workers: int = 0) -> tuple[np.ndarr
 
     Checkpoints are read one at a time (``workers`` threads read and featurize them in
     parallel) and the rows are cached per zoo revision, so a second call reads no checkpoint.
+    A statistic that is not finite (a diverged model's weights hold inf or NaN) is NaN, for
+    the predictor to impute from its training models.
     """
     try:
         table = featurize_samples(models, weight_statistics, FEATURES_NAME, FEATURES_VERSION,
@@ -181,4 +183,5 @@ def featurize(models: Sequence[ModelSample], workers: int = 0) -> tuple[np.ndarr
         raise ValueError(f"model '{err.sample}' has other tensors than the first model "
                          f"(differences: {err.differences}); weight statistics need one "
                          "architecture") from err
-    return table.values, table.names or []
+    values = np.where(np.isfinite(table.values), table.values, np.nan)
+    return values, table.names or []

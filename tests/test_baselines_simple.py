@@ -180,3 +180,17 @@ def test_baselines_are_listed_without_importing_them():
              "print(sorted(m for m in sys.modules if m.startswith(('lightgbm', 'baselines'))))")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["linear-probe", "stat-gbm", "stat-mlp", "flat-mlp"])
+def test_diverged_models_with_non_finite_weights_still_get_predictions(name):
+    """Zoos hold models whose training blew up (inf / NaN weights, as in hot corners of the
+    grid): baselines impute their features from the training models instead of failing."""
+    models = random_zoo(40)
+    targets = targets_of(models, fc_abs_mean)
+    for index, bad in ((3, float("nan")), (20, float("inf")), (37, float("nan"))):
+        state = models[index].state_dict()
+        state["fc.weight"][0, 0] = bad  # in the training, validation and test parts
+    predicted, _ = fit_predict(name, models, targets, **(
+        {"grid": [MLPConfig(max_epochs=50)]} if "mlp" in name else {}))
+    assert predicted.shape == (8,) and np.isfinite(predicted).all()

@@ -276,3 +276,12 @@ def test_single_class_is_predicted_as_is(tmp_path):
     predictor = SmallGMN()
     predictor.fit(models[:3], np.array(["a", "a", "a"]), models[3:], np.array(["b"]))
     assert list(predictor.predict(models)) == ["a"] * 4
+
+
+def test_non_finite_weights_become_zero_features():
+    """A diverged model's inf / NaN weights must not turn every message into NaN."""
+    state = random_model(RESNET).state_dict()
+    state["fc.weight"][0, 0] = float("nan")
+    state["conv1.weight"].view(-1)[0] = float("inf")
+    graph = compact(parameter_graph(RESNET, state))
+    assert torch.isfinite(graph.x).all() and torch.isfinite(graph.edge_values).all()

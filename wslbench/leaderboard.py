@@ -910,15 +910,22 @@ Tables = dict[tuple[str, str], dict[str, dict[str, list[Row]]]]
 
 def _tables(entries: Sequence[Entry]) -> Tables:
     """(zoo name, revision) -> split -> task version -> rows sorted by the main score (better
-    first, NaN last). Different zoo revisions or task versions never share a table."""
+    first, NaN last). Different zoo revisions or task versions never share a table; a zoo's
+    newest revision comes first."""
     grouped: dict[tuple[str, str], dict[str, dict[str, list[tuple[Entry, TaskResult]]]]] = {}
     for entry in entries:
         for name, task in entry.tasks.items():
             grouped.setdefault((entry.zoo.name, entry.zoo.revision), {}) \
                 .setdefault(entry.split.name, {}) \
                 .setdefault(task_key(name, task.version), []).append((entry, task))
+    # Zoos by name; the revisions of one zoo newest first (by their newest entry).
+    newest = {}
+    for entry in entries:
+        key = (entry.zoo.name, entry.zoo.revision)
+        newest[key] = max(newest.get(key, ""), entry.provenance.date)
+    order = sorted(sorted(grouped, key=lambda k: newest[k], reverse=True), key=lambda k: k[0])
     tables: Tables = {}
-    for zoo in sorted(grouped):
+    for zoo in order:
         for split in sorted(grouped[zoo]):
             for key in sorted(grouped[zoo][split]):
                 higher = get_task(key).higher_is_better
@@ -963,6 +970,15 @@ def _task_about(key: str, rows: Sequence[Row]) -> str:
             "samples; mean ± std over seeds.")
 
 
+def _zoo_heading(zoo: str, revision: str, tables: Tables) -> str:
+    """The zoo's name, and which revision where the leaderboard holds several of it."""
+    revisions = [r for name, r in tables if name == zoo]
+    if len(revisions) == 1:
+        return zoo
+    which = "newest" if revisions[0] == revision else "an earlier"
+    return f"{zoo} ({which} revision, {revision[:8]})"
+
+
 def render_markdown(entries: Sequence[Entry], references: Mapping[str, Reference]) -> str:
     """leaderboards/README.md: how to submit, then a sorted table per zoo, split and task."""
     lines = [
@@ -983,9 +999,10 @@ def render_markdown(entries: Sequence[Entry], references: Mapping[str, Reference
         "`zoos/<zoo>/<revision>.json` (a zoo revision's splits and true test targets). "
         "See [docs/leaderboard.md](../docs/leaderboard.md).", "",
     ]
-    for (zoo, revision), splits in _tables(entries).items():
+    tables = _tables(entries)
+    for (zoo, revision), splits in tables.items():
         reference = references[revision]
-        lines += [f"## {_md(zoo)}", "",
+        lines += [f"## {_md(_zoo_heading(zoo, revision, tables))}", "",
                   f"{reference.zoo.n_models} models, zoo revision "
                   f"`{reference.zoo.revision[:16]}`.", ""]
         for split, tasks in splits.items():
@@ -1055,9 +1072,11 @@ def render_html(entries: Sequence[Entry], references: Mapping[str, Reference]) -
            "each task's main score. Every number is recomputed by <code>wslbench leaderboard "
            "validate</code> from the stored per-model predictions and the zoo's true targets. "
            "Submit with <code>wslbench submit result.json</code>.</p>"]
-    for (zoo, revision), splits in _tables(entries).items():
+    tables = _tables(entries)
+    for (zoo, revision), splits in tables.items():
         reference = references[revision]
-        out += [f'<section class="zoo" id="{esc(zoo)}">', f"<h2>{esc(zoo)}</h2>",
+        out += [f'<section class="zoo" id="{esc(zoo)}-{esc(revision[:16])}">',
+                f"<h2>{esc(_zoo_heading(zoo, revision, tables))}</h2>",
                 f'<p class="meta">{reference.zoo.n_models} models, zoo revision '
                 f"<code>{esc(reference.zoo.revision[:16])}</code></p>"]
         for split, tasks in splits.items():
