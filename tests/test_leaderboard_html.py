@@ -37,19 +37,19 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 class Tables(HTMLParser):
-    """The body rows of every leaderboard table in a DOM, by the table's (zoo, split, task):
-    each row as ``(rank, method name, main score cell)``."""
+    """The body rows of every leaderboard table in a DOM, by the table's (zoo, revision,
+    split, task): each row as ``(rank, method name, main score cell)``."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.tables: dict[tuple[str, str, str], list[tuple[str, str, str]]] = {}
-        self.table: tuple[str, str, str] | None = None
+        self.tables: dict[tuple[str, ...], list[tuple[str, str, str]]] = {}
+        self.table: tuple[str, ...] | None = None
         self.cells: list[tuple[str, list[str]]] | None = None  # (td class, text chunks)
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if tag == "table" and "leaderboard" in (attrs.get("class") or ""):
-            self.table = (attrs["data-zoo"], attrs["data-split"], attrs["data-task"])
+            self.table = tuple(attrs[f"data-{k}"] for k in ("zoo", "revision", "split", "task"))
             self.tables[self.table] = []
         elif tag == "tr" and self.table and "entry" in (attrs.get("class") or ""):
             self.cells = []
@@ -87,12 +87,13 @@ def test_the_page_shows_every_entry_in_rank_order(page, tmp_path):
     parser = Tables()
     parser.feed(dom)
 
-    expected: dict[tuple[str, str, str], list[tuple[float, str, str]]] = {}
+    expected: dict[tuple[str, ...], list[tuple[float, str, str]]] = {}
     for entry in lb.load_entries(page.parent):
         for name, task in entry.tasks.items():
-            key = (entry.zoo.name, entry.split.name, lb.task_key(name, task.version))
+            key = (entry.zoo.name, entry.zoo.revision[:16], entry.split.name,
+                   lb.task_key(name, task.version))
             main = task.scores[task.main_score]
-            better_first = -main.mean if get_task(key[2]).higher_is_better else main.mean
+            better_first = -main.mean if get_task(key[3]).higher_is_better else main.mean
             expected.setdefault(key, []).append(
                 (better_first, entry.method.name, f"{main.mean:.3f} ± {main.std:.3f}"))
     assert set(parser.tables) == set(expected)

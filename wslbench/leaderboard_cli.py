@@ -1,7 +1,7 @@
 """``wslbench submit`` and ``wslbench leaderboard {validate,render,add-zoo}``.
 
 :func:`add_leaderboard_commands` adds them to the ``wslbench`` parser; the work is
-:mod:`wslbench.leaderboard`'s, imported only when one of these commands runs.
+:mod:`wslbench.leaderboard`'s (a package), imported only when one of these commands runs.
 """
 
 from __future__ import annotations

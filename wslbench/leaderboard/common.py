@@ -1,0 +1,21 @@
+"""What every part of the leaderboard shares: its error and its constants."""
+
+from __future__ import annotations
+
+import re
+
+ENTRY_SCHEMA_VERSION = 1
+REFERENCE_SCHEMA_VERSION = 1
+#: Stored and recomputed scores agree to this relative tolerance (plus a tiny absolute one,
+#: for scores that are exactly zero).
+REL_TOL, ABS_TOL = 1e-9, 1e-12
+#: How many unknown or missing sample ids a message names.
+SHOW = 3
+URL = re.compile(r"^https?://[^\s<>\"'`()|]+$")
+REPO_PATH = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|$))[\w.\-/]+$")
+SCORE_LABELS = {"r2": "R²", "kendall_tau": "Kendall τ", "accuracy": "accuracy",
+                "macro_f1": "macro-F1"}
+
+
+class LeaderboardError(ValueError):
+    """A submission or a leaderboard file cannot be used; the message says why and what to do."""

@@ -1,0 +1,98 @@
+"""Where leaderboard files live, reading them, and small helpers the checks share."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from wslbench.leaderboard.common import ABS_TOL, REL_TOL, SHOW, LeaderboardError
+from wslbench.tasks import Task
+
+
+def default_root() -> Path:
+    """The repository's ``leaderboards/`` in a source checkout, else ``./leaderboards``."""
+    repo = Path(__file__).resolve().parents[1]
+    if (repo / "pyproject.toml").is_file() and (repo / "leaderboards").is_dir():
+        return repo / "leaderboards"
+    return Path("leaderboards")
+
+
+def slug(name: str) -> str:
+    """The file name stem of a method: lower case, runs of other characters as one '-'."""
+    out = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    if not out:
+        raise LeaderboardError(f"method name {name!r} has no letter or digit to name its "
+                               "entry file by; pass --name")
+    return out
+
+
+def task_key(name: str, version: int) -> str:
+    return f"{name}@v{version}"
+
+
+def zoo_label(zoo) -> str:
+    """The leaderboard's name of a zoo: spec and preset for our zoos (``digits-resnet18-mini``,
+    ``shakespeare-gpt2`` for the default preset), the folder name for published zoos."""
+    if zoo.manifest is None:
+        return zoo.name
+    preset = zoo.manifest.preset
+    return zoo.manifest.spec if preset in ("default", "") else f"{zoo.manifest.spec}-{preset}"
+
+
+def reference_path(root: Path, zoo_name: str, revision: str) -> Path:
+    return Path(root) / "zoos" / zoo_name / f"{revision[:16]}.json"
+
+
+def entry_path(root: Path, zoo_name: str, revision: str, split_name: str,
+               method_name: str) -> Path:
+    """Beside the zoo reference it is scored against: one folder per zoo revision, so that a
+    new release of a zoo starts new tables and the entries of the old one stay valid."""
+    for what, value in (("zoo", zoo_name), ("split", split_name)):
+        if not re.fullmatch(r"[\w][\w.\-]*", value):
+            raise LeaderboardError(f"{what} name {value!r} cannot name a folder of the "
+                                   "leaderboard (letters, digits, '.', '-', '_' only)")
+    return (Path(root) / "entries" / zoo_name / revision[:16] / split_name
+            / f"{slug(method_name)}.json")
+
+
+def read_json(path: Path) -> Any:
+    """Parsed JSON, or a LeaderboardError that says where it stops being JSON."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise LeaderboardError(f"cannot read '{path}': {err}") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise LeaderboardError(f"malformed JSON at line {err.lineno} col {err.colno}: "
+                               f"{err.msg}") from err
+
+
+def true_targets(task: Task, zoo, split, test_zoo=None) -> dict[str, float | str]:
+    """The true targets of the split's test samples that have one, keyed as predictions are
+    (``test_zoo``: where a cross-zoo split's test models live)."""
+    from wslbench.evaluate import split_targets
+
+    return {k: (v if isinstance(v, str) else float(v))
+            for k, v in split_targets(task, zoo, split, "test", test_zoo).items()}
+
+
+def task_applies(task: Task, split) -> bool:
+    """Whether the task can be scored on the split at all (the epochs split needs targets
+    at every checkpoint)."""
+    return split.part_epochs("test") is None or task.per_checkpoint
+
+
+def scores_agree(a: float, b: float) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
+
+
+def first_few(names: Iterable[str]) -> str:
+    names = sorted(names)
+    shown = ", ".join(f"'{n}'" for n in names[:SHOW])
+    return shown + (f" and {len(names) - SHOW} more" if len(names) > SHOW else "")
