@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from baselines.mlp import MLPConfig, DEFAULT_GRID, MLPPredictor, scale_floor
-from baselines.weight_stats import is_weight
+from wslbench.zoo_format import is_weight
 from wslbench.predictor import ModelSample, NotApplicableError
 
 Layout = list[tuple[str, tuple[int, ...]]]

@@ -19,12 +19,12 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from wslbench import zoo_format as fmt
 from wslbench.features import FeatureMismatchError
 from wslbench.features import featurize as featurize_samples
 from wslbench.predictor import ModelSample
 
 STATISTICS = ("mean", "var", "q0", "q25", "q50", "q75", "q100")
-BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 #: Name and version of the features in the feature cache: bump the version whenever the
@@ -35,10 +35,6 @@ FEATURES_NAME, FEATURES_VERSION = "weight-stats", 1
 _SORT_UP_TO = 4096
 #: Values drawn to bracket each order statistic, and the margin (in sample ranks) either side.
 _SAMPLE_SIZE, _MARGIN = 1024, 40
-
-
-def is_weight(key: str, tensor: torch.Tensor) -> bool:
-    return tensor.is_floating_point() and not key.endswith(BUFFER_SUFFIXES)
 
 
 @functools.lru_cache(maxsize=None)
@@ -159,7 +155,7 @@ def tensor_statistics(tensor: torch.Tensor) -> list[float]:
 
 def weight_statistics(state_dict: Mapping[str, torch.Tensor]) -> tuple[np.ndarray, list[str]]:
     """The feature vector of one model and the name of each feature."""
-    keys = [key for key, tensor in state_dict.items() if is_weight(key, tensor)]
+    keys = [key for key, tensor in state_dict.items() if fmt.is_weight(key, tensor)]
     empty = [key for key in keys if state_dict[key].numel() == 0]
     if empty:
         raise ValueError(f"weight tensor '{empty[0]}' is empty; weight statistics need at "

@@ -32,7 +32,7 @@ def reference_statistics(tensor: torch.Tensor) -> list[float]:
 
 
 def reference_weight_statistics(state_dict) -> tuple[np.ndarray, list[str]]:
-    keys = [k for k, v in state_dict.items() if weight_stats.is_weight(k, v)]
+    keys = [k for k, v in state_dict.items() if fmt.is_weight(k, v)]
     return (np.array([x for k in keys for x in reference_statistics(state_dict[k])]),
             [f"{k}:{s}" for k in keys for s in weight_stats.STATISTICS])
 

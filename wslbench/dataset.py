@@ -35,19 +35,11 @@ from wslbench.zoo import ModelRecord, Zoo
 #: Which checkpoints to take: the last one, every one, the task's epoch, or given epochs.
 EPOCH_CHOICES = ("final", "all", "task")
 
-#: state_dict entries that are buffers, not parameters (left out of flat vectors).
-BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-
 #: Names and shapes of the tensors of a flat vector, in their order in it.
 Layout = tuple[tuple[str, tuple[int, ...]], ...]
 
 
 # --------------------------------------------------------------------------- weights
-
-
-def is_weight(key: str, tensor: torch.Tensor) -> bool:
-    """A trainable weight or bias (floating point, not a BatchNorm buffer)."""
-    return tensor.is_floating_point() and not key.endswith(BUFFER_SUFFIXES)
 
 
 def natural_key(name: str) -> list:
@@ -65,7 +57,7 @@ def ordered_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torc
 def weight_layout(state_dict: Mapping[str, torch.Tensor]) -> Layout:
     """Names and shapes of the weights of a state_dict, in flat-vector order."""
     ordered = ordered_state_dict(state_dict)
-    return tuple((key, tuple(t.shape)) for key, t in ordered.items() if is_weight(key, t))
+    return tuple((key, tuple(t.shape)) for key, t in ordered.items() if fmt.is_weight(key, t))
 
 
 def flatten_weights(state_dict: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, Layout]:

@@ -40,7 +40,7 @@ import torch
 
 import wslbench
 from wslbench import zoo_format as fmt
-from wslbench.dataset import is_weight, ordered_state_dict, select_checkpoints
+from wslbench.dataset import ordered_state_dict, select_checkpoints
 from wslbench.zoo import Zoo
 
 CROISSANT_FILE = "croissant.json"
@@ -334,7 +334,7 @@ def _write_checkpoints(zoo: Zoo, epochs, weights: bool, writer_args: dict,
                              disable=None if progress is None else not progress):
         state = fmt.load_state_dict(model.path, epoch)
         row = {**model_rows[model.name], "epoch": epoch,
-               "n_params": sum(t.numel() for k, t in state.items() if is_weight(k, t))}
+               "n_params": sum(t.numel() for k, t in state.items() if fmt.is_weight(k, t))}
         nbytes = 1024
         if weights:
             blob = weights_to_bytes(state, {

@@ -285,6 +285,15 @@ def _torch_bytes(obj: Any) -> bytes:
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
+#: state_dict entries that are buffers (BatchNorm statistics), not weights.
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def is_weight(key: str, tensor: torch.Tensor) -> bool:
+    """A trained weight or bias of a state_dict: floating point, not a BatchNorm buffer."""
+    return tensor.is_floating_point() and not key.endswith(BUFFER_SUFFIXES)
+
+
 def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop the ``module.`` prefix that DataParallel/compiled models leave on published keys."""
     if not any(key.startswith(_WRAPPER_PREFIXES) for key in state_dict):
