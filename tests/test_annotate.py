@@ -31,10 +31,8 @@ def diverged(model) -> bool:
 
 
 def grid_points_with_cka(zoo: Zoo) -> dict[str, list]:
-    points: dict[str, list] = {}
-    for model in zoo.models:
-        points.setdefault(model.grid_point, []).append(model)
-    return {key: models for key, models in points.items() if not any(map(diverged, models))}
+    return {key: models for key, models in zoo.grid_points().items()
+            if not any(map(diverged, models))}
 
 
 @pytest.fixture(scope="module")

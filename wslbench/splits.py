@@ -170,14 +170,6 @@ for _spec in (
 # --------------------------------------------------------------------------- making splits
 
 
-def grid_points(zoo: Zoo) -> dict[str, list[ModelRecord]]:
-    """The zoo's models grouped by grid point (all params but the seed), in sorted key order."""
-    groups: dict[str, list[ModelRecord]] = {}
-    for model in zoo.models:
-        groups.setdefault(model.grid_point, []).append(model)
-    return dict(sorted(groups.items()))
-
-
 def _assign(keys: list[str], fractions: tuple[float, ...], seed: int) -> list[list[str]]:
     """Shuffle ``keys`` (seeded) and cut them in the given fractions; with at least as many
     keys as parts, every part gets one."""
@@ -227,7 +219,7 @@ def make_split(zoo: Zoo, spec: SplitSpec, test_zoo: Zoo | None = None) -> Split:
         raise ValueError(f"split '{spec.name}' needs a second zoo (--test-zoo) to test on"
                          if spec.needs_test_zoo else
                          f"split '{spec.name}' takes one zoo; --test-zoo is for cross-zoo")
-    groups = grid_points(zoo)
+    groups = zoo.grid_points()
     keys = list(groups)
     common = dict(name=spec.name, version=spec.version, zoo_revision=zoo.revision)
     if spec.kind in (SplitKind.IID, SplitKind.EPOCHS):

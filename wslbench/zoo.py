@@ -155,6 +155,13 @@ class Zoo:
     def __iter__(self):
         return iter(self.models)
 
+    def grid_points(self) -> dict[str, list[ModelRecord]]:
+        """The models grouped by grid point (all params but the seed), in sorted key order."""
+        groups: dict[str, list[ModelRecord]] = {}
+        for model in self.models:
+            groups.setdefault(model.grid_point, []).append(model)
+        return dict(sorted(groups.items()))
+
     def model(self, name: str) -> ModelRecord:
         for record in self.models:
             if record.name == name:

@@ -189,7 +189,7 @@ def annotate_zoo(root: str | Path, groups: Sequence[str] = LANDSCAPE_GROUPS,
                      epochs=tuple(epochs) if epochs is not None else None,
                      groups=tuple(g for g in groups if g != "phase"), force=force,
                      settings=settings, device=device, dataset=dataset, data_root=data_root)
-        for index, models in enumerate(grid_points(zoo).values())
+        for index, models in enumerate(zoo.grid_points().values())
     ]
     with zoo_lock(zoo.root):
         if any(g != "phase" for g in groups):
@@ -253,13 +253,6 @@ def prune_key(sparsity: float) -> str:
 def wiseft_alpha_keys(alpha: float) -> tuple[str, str]:
     label = percent_label(alpha)
     return f"wiseft_alpha_{label}_transfer_acc", f"wiseft_alpha_{label}_source_acc"
-
-
-def grid_points(zoo: Zoo) -> dict[str, list[ModelRecord]]:
-    points: dict[str, list[ModelRecord]] = {}
-    for model in zoo.models:
-        points.setdefault(model.grid_point, []).append(model)
-    return points
 
 
 def annotation_epochs(model: ModelRecord, epochs: Sequence[int] | None) -> list[int]:
