@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import platform
 import random
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -18,6 +21,7 @@ import torch
 
 import wslbench
 from wslbench import zoo_format as fmt
+from wslbench.paths import cache_dir
 from wslbench.predictor import ModelSample, instantiate
 from wslbench.splits import PARTS, Split
 from wslbench.tasks import Score, Task, TaskKind
@@ -124,9 +128,60 @@ def split_targets(task: Task, zoo: Zoo, split: Split, part: str = "test",
     return {item.sample_id: item.target for item in task_items(task, zoo, split, part, test_zoo)}
 
 
-def samples(items: Sequence[TaskItem], task: Task, zoo_revision: str = "") -> list[ModelSample]:
+class CheckpointStage:
+    """A private folder holding each sample's checkpoint file under an opaque name.
+
+    The samples a predictor gets load their weights from here, so neither their loader (a
+    path) nor their name leads to a model's trial folder: not to its result.json (the
+    targets) nor to its trial name (the hyperparameters). Files are hard links where the file
+    system allows, else copies; the folder is removed when the stage closes.
+    """
+
+    def __init__(self, base: Path | None = None):
+        base = Path(base) if base is not None else cache_dir() / "stage"
+        base.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+        self.copied = 0
+
+    @staticmethod
+    def opaque_name(zoo_revision: str, sample_id: str) -> str:
+        """A name that identifies a sample (stable across runs, for feature caches) and
+        says nothing about it."""
+        return "model-" + fmt.canonical_hash([zoo_revision, sample_id])[:20]
+
+    def add(self, trial_dir: Path, epoch: int, name: str) -> Path:
+        """Link the checkpoint of ``trial_dir`` at ``epoch`` in as trial ``name``."""
+        source = fmt.checkpoint_file(trial_dir, epoch)
+        target = fmt.checkpoint_dir(self.folder / name, epoch) / source.name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:  # another file system: copy
+                shutil.copyfile(source, target)
+                self.copied += 1
+        return self.folder / name
+
+    def close(self) -> None:
+        if self.copied:
+            log.info("copied %d checkpoints to %s (no hard links across file systems)",
+                     self.copied, self.folder)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> "CheckpointStage":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def samples(items: Sequence[TaskItem], task: Task, zoo_revision: str = "",
+            stage: CheckpointStage | None = None) -> list[ModelSample]:
     """What a predictor may see of each item: its weights at the item's epoch, and the
-    architecture arguments and hyperparameters where the task allows them."""
+    architecture arguments and hyperparameters where the task allows them.
+
+    With a ``stage`` (as :func:`evaluate` uses), samples get opaque names and load from the
+    stage; without, they keep their sample ids and load from the zoo (for trusted code)."""
     out = []
     for item in items:
         model = item.model
@@ -135,12 +190,15 @@ def samples(items: Sequence[TaskItem], task: Task, zoo_revision: str = "") -> li
                 f"model '{model.path}' has no checkpoint at epoch {item.epoch}, where task "
                 f"'{task.name}' takes its target (checkpoints at "
                 f"{list(model.checkpoint_epochs) or 'none'})")
+        name, folder = item.sample_id, model.path
+        if stage is not None:
+            name = stage.opaque_name(zoo_revision, item.sample_id)
+            folder = stage.add(model.path, item.epoch, name)
         out.append(ModelSample(
-            name=item.sample_id, epoch=item.epoch,
+            name=name, epoch=item.epoch,
             model_args=model.model_args if task.sees_architecture else None,
             hyperparameters=model.hyperparameters if task.sees_hyperparameters else None,
-            # Only the checkpoint's path travels with the sample: no route back to the targets.
-            _load=functools.partial(fmt.load_state_dict, model.path, item.epoch),
+            _load=functools.partial(fmt.load_state_dict, folder, item.epoch),
             zoo_revision=zoo_revision,
         ))
     return out
@@ -154,7 +212,6 @@ def evaluate(predictor_class: type, task: Task, zoo: Zoo, split: Split,
     ``device`` is passed to predictors whose constructor takes one."""
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     items: dict[str, list[TaskItem]] = {}
-    inputs: dict[str, list[ModelSample]] = {}
     for part in PARTS:
         items[part] = task_items(task, zoo, split, part, test_zoo)
         missing = len(split.part(part)) - len({i.model.name for i in items[part]})
@@ -164,27 +221,30 @@ def evaluate(predictor_class: type, task: Task, zoo: Zoo, split: Split,
         if not items[part]:
             raise ValueError(f"the {part} part of split '{split.name}' has no model with a "
                              f"'{task.name}' target in zoo '{zoo.root}'")
-        source = test_zoo if part == "test" and test_zoo is not None else zoo
-        inputs[part] = samples(items[part], task, source.revision)
     targets = {part: task.as_array(i.target for i in items[part]) for part in PARTS}
+    test_ids = [item.sample_id for item in items["test"]]
 
     per_seed: dict[str, list[float]] = {s.value: [] for s in task.scores}
     predictions: dict[str, dict[str, float]] = {}
-    for seed in seeds:
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        predictor = instantiate(predictor_class, seed, device)
-        predictor.fit(inputs["train"], targets["train"], inputs["val"], targets["val"])
-        predicted = task.as_array(np.asarray(predictor.predict(inputs["test"]),
-                                             dtype=object).reshape(-1))
-        if predicted.shape != targets["test"].shape:
-            raise ValueError(f"predict() returned {predicted.shape[0]} values for "
-                             f"{len(targets['test'])} test models")
-        as_json = str if task.kind is TaskKind.CLASSIFICATION else float
-        predictions[str(seed)] = {s.name: as_json(v) for s, v in zip(inputs["test"], predicted)}
-        for name in task.scores:
-            per_seed[name.value].append(score(name, targets["test"], predicted))
+    with CheckpointStage() as stage:
+        inputs = {part: samples(items[part], task, (test_zoo if part == "test" and test_zoo
+                                                    else zoo).revision, stage)
+                  for part in PARTS}
+        for seed in seeds:
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            predictor = instantiate(predictor_class, seed, device)
+            predictor.fit(inputs["train"], targets["train"], inputs["val"], targets["val"])
+            predicted = task.as_array(np.asarray(predictor.predict(inputs["test"]),
+                                                 dtype=object).reshape(-1))
+            if predicted.shape != targets["test"].shape:
+                raise ValueError(f"predict() returned {predicted.shape[0]} values for "
+                                 f"{len(targets['test'])} test models")
+            as_json = str if task.kind is TaskKind.CLASSIFICATION else float
+            predictions[str(seed)] = {i: as_json(v) for i, v in zip(test_ids, predicted)}
+            for name in task.scores:
+                per_seed[name.value].append(score(name, targets["test"], predicted))
 
     scores = {name: {"mean": float(np.mean(values)), "std": float(np.std(values)),
                      "per_seed": values} for name, values in per_seed.items()}

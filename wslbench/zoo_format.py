@@ -307,24 +307,31 @@ def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
+def checkpoint_file(trial_dir: Path, epoch: int) -> Path:
+    """The file that holds the weights of one checkpoint: safetensors where present, else the
+    torch file."""
+    folder = checkpoint_dir(trial_dir, epoch)
+    for name in (SAFETENSORS_CHECKPOINT, TORCH_CHECKPOINT):
+        if (folder / name).is_file():
+            return folder / name
+    available = checkpoint_epochs(trial_dir) if Path(trial_dir).is_dir() else []
+    raise ZooFormatError(
+        f"trial '{Path(trial_dir).name}' has no checkpoint at epoch {epoch} (expected "
+        f"'{folder / TORCH_CHECKPOINT}' or '{folder / SAFETENSORS_CHECKPOINT}'); epochs with "
+        f"checkpoints: {available or 'none'}"
+    )
+
+
 def load_state_dict(trial_dir: Path, epoch: int) -> dict[str, torch.Tensor]:
     """Load the weights of one checkpoint: safetensors where present, else the torch file.
 
     The torch file is read with ``weights_only=True``; anything that is not plain tensors and
     containers is refused, so an untrusted checkpoint cannot run code.
     """
-    folder = checkpoint_dir(trial_dir, epoch)
-    st_path = folder / SAFETENSORS_CHECKPOINT
-    if st_path.is_file():
-        return strip_module_prefix(_load_safetensors(st_path))
-    pt_path = folder / TORCH_CHECKPOINT
-    if pt_path.is_file():
-        return strip_module_prefix(_load_torch_state_dict(pt_path))
-    available = checkpoint_epochs(trial_dir) if Path(trial_dir).is_dir() else []
-    raise ZooFormatError(
-        f"trial '{Path(trial_dir).name}' has no checkpoint at epoch {epoch} (expected "
-        f"'{pt_path}' or '{st_path}'); epochs with checkpoints: {available or 'none'}"
-    )
+    path = checkpoint_file(trial_dir, epoch)
+    if path.name == SAFETENSORS_CHECKPOINT:
+        return strip_module_prefix(_load_safetensors(path))
+    return strip_module_prefix(_load_torch_state_dict(path))
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
