@@ -1,7 +1,9 @@
 """``linear-probe``: the paper's Table 1 protocol, a linear model on weight statistics.
 
-Features are standardized on the training models (a NaN statistic of a diverged model is
-replaced by the training models' median first). For regression targets a ridge regression,
+Features are made safe (:class:`baselines.weight_stats.TrainingRange`: a diverged model's
+NaN statistic becomes the training median, and every feature is clipped to the training
+range, so that a linear head cannot extrapolate without bound), then standardized on the
+training models. For regression targets a ridge regression,
 its penalty chosen from a log grid by the validation models' squared error (the same choice
 as by validation R², and defined even for a single validation model). For classification
 targets (strings, e.g. phases) a multinomial logistic regression, its inverse penalty chosen
@@ -15,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from baselines.targets import is_classification
-from baselines.weight_stats import featurize
+from baselines.weight_stats import TrainingRange, featurize
 from wslbench.predictor import ModelSample, Predictor
 
 ALPHAS = tuple(np.logspace(-3, 4, 15))
@@ -31,7 +33,6 @@ class LinearProbe(Predictor):
         self.model = None
 
     def _candidates(self, classification: bool):
-        from sklearn.impute import SimpleImputer
         from sklearn.linear_model import LogisticRegression, Ridge
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
@@ -39,8 +40,7 @@ class LinearProbe(Predictor):
         for alpha in self.alphas:
             head = (LogisticRegression(C=1.0 / alpha, max_iter=2000) if classification
                     else Ridge(alpha=alpha))
-            yield alpha, make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True),
-                                       StandardScaler(), head)
+            yield alpha, make_pipeline(TrainingRange(), StandardScaler(), head)
 
     def fit(self, train, train_targets, val, val_targets) -> None:
         from sklearn.dummy import DummyClassifier

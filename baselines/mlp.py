@@ -13,7 +13,6 @@ import abc
 import contextlib
 import copy
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from baselines.targets import encode_labels, is_classification
+from baselines.weight_stats import TrainingRange
 from wslbench.predictor import ModelSample, Predictor
 
 log = logging.getLogger(__name__)
@@ -63,21 +63,14 @@ class Standardizer:
     """
 
     def fit(self, x: np.ndarray) -> "Standardizer":
-        finite = np.where(np.isfinite(x), x, np.nan)
-        with warnings.catch_warnings():  # a column without a finite value: filled with 0
-            warnings.simplefilter("ignore", RuntimeWarning)
-            self.fill = np.nan_to_num(np.nanmedian(finite, axis=0))
-        x = self._filled(x)
+        self.range = TrainingRange()  # non-finite entries filled, all clipped to training range
+        x = self.range.fit_transform(x)
         self.mean = x.mean(axis=0)
         self.std = scale_floor(x.std(axis=0)) * np.sqrt(max(x.shape[1], 1))
         return self
 
-    def _filled(self, x: np.ndarray) -> np.ndarray:
-        """Non-finite entries (a diverged model's) replaced by the training median."""
-        return np.where(np.isfinite(x), x, self.fill)
-
     def transform(self, x: np.ndarray) -> np.ndarray:
-        return (self._filled(x) - self.mean) / self.std
+        return (self.range.transform(x) - self.mean) / self.std
 
 
 @contextlib.contextmanager

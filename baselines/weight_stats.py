@@ -13,6 +13,7 @@ and cached per zoo revision.
 
 from __future__ import annotations
 
+import warnings
 import functools
 from typing import Mapping, Sequence
 
@@ -181,3 +182,33 @@ def featurize(models: Sequence[ModelSample], workers: int = 0) -> tuple[np.ndarr
                          "architecture") from err
     values = np.where(np.isfinite(table.values), table.values, np.nan)
     return values, table.names or []
+
+
+class TrainingRange:
+    """Make feature rows safe for a model fit on the training rows: a non-finite entry (a
+    diverged model's) becomes the training median, and every entry is clipped to the range
+    the training rows span. Linear and MLP heads extrapolate without bound; a zoo with
+    diverged models (weights of 1e20) or another data set (cross-zoo) would otherwise get
+    predictions of any size. A scikit-learn transformer (``fit`` / ``transform``)."""
+
+    def fit(self, x: np.ndarray, y=None) -> "TrainingRange":
+        finite = np.where(np.isfinite(x), x, np.nan)
+        with warnings.catch_warnings():  # a column without a finite value: 0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.fill_ = np.nan_to_num(np.nanmedian(finite, axis=0))
+            self.low_ = np.nan_to_num(np.nanmin(finite, axis=0))
+            self.high_ = np.nan_to_num(np.nanmax(finite, axis=0))
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        x = np.where(np.isfinite(x), x, self.fill_)
+        return np.clip(x, self.low_, self.high_)
+
+    def fit_transform(self, x: np.ndarray, y=None) -> np.ndarray:
+        return self.fit(x).transform(x)
+
+    def get_params(self, deep: bool = True) -> dict:  # for sklearn.clone
+        return {}
+
+    def set_params(self, **params) -> "TrainingRange":
+        return self

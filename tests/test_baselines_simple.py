@@ -194,3 +194,15 @@ def test_diverged_models_with_non_finite_weights_still_get_predictions(name):
     predicted, _ = fit_predict(name, models, targets, **(
         {"grid": [MLPConfig(max_epochs=50)]} if "mlp" in name else {}))
     assert predicted.shape == (8,) and np.isfinite(predicted).all()
+
+
+def test_features_far_outside_the_training_range_are_clipped():
+    """A model with weights of 1e20 (a blown-up run, or another zoo) gets a prediction within
+    the range the head saw, not one of any size."""
+    models = random_zoo(40)
+    targets = targets_of(models, fc_abs_mean)
+    models[-1].state_dict()["fc.weight"].mul_(1e20)
+    for name in ("linear-probe", "stat-mlp"):
+        predicted, _ = fit_predict(name, models, targets, **(
+            {"grid": [MLPConfig(max_epochs=50)]} if "mlp" in name else {}))
+        assert abs(predicted[-1]) < 10 * np.abs(targets).max(), name

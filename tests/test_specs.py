@@ -35,9 +35,13 @@ PAPER_MODEL_COUNTS = {**{name: 192 for name in PAPER_GRIDS if "resnet" in name},
                       "convection-pinn": 420}
 
 
-def test_there_are_twelve_paper_specs_and_three_embedded_ones():
+def test_there_are_twelve_paper_specs_and_the_embedded_ones():
     assert len(PAPER_GRIDS) == 12
-    assert set(PAPER_GRIDS) | {"digits-resnet18", "shakespeare-gpt2"} == set(SPECS.names())
+    embedded = {"digits-resnet18", "digits-rotated-resnet18", "shakespeare-gpt2"}
+    assert set(PAPER_GRIDS) | embedded == set(SPECS.names())
+    rotated, digits = SPECS.get("digits-rotated-resnet18"), SPECS.get("digits-resnet18")
+    assert rotated.dataset == "digits-rotated" and rotated.model == digits.model
+    assert rotated.with_preset("mini").num_models == digits.with_preset("mini").num_models
     for name in SPECS:
         assert "tiny" in SPECS.get(name).presets, f"{name} has no tiny preset"
 
