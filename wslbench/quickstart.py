@@ -19,7 +19,7 @@ def run_quickstart(cache: str | Path | None = None, workers: int = 2,
     from wslbench.splits import resolve_split
     from wslbench.tasks import TASKS
     from wslbench.zoo import Zoo
-    from zoo_builder.annotate import annotate_zoo
+    from zoo_builder.annotate import AnnotationSettings, annotate_zoo
     from zoo_builder.build import build_zoo  # the quickstart is the one place wslbench builds
     from zoo_builder.specs import SPECS
 
@@ -27,7 +27,10 @@ def run_quickstart(cache: str | Path | None = None, workers: int = 2,
     zoo_dir = root / "zoos" / f"{QUICKSTART_SPEC}-{QUICKSTART_PRESET}"
     spec = SPECS.get(QUICKSTART_SPEC).with_preset(QUICKSTART_PRESET)
     build_zoo(spec, zoo_dir, workers=workers)  # resumes; returns at once when finished
-    annotate_zoo(zoo_dir, workers=workers)  # skips what is stored
+    # Landscape metrics and phases, then the downstream methods; both skip what is stored.
+    # The mini zoo checkpoints every 5 epochs, so epoch averaging takes epochs 15 and 20.
+    annotate_zoo(zoo_dir, groups=["landscape", "downstream"], workers=workers,
+                 settings=AnnotationSettings(average_window=10))
     zoo = Zoo.open(zoo_dir)
     print(f"zoo: {zoo_dir} ({len(zoo)} models)")
     split, _ = resolve_split(zoo, "iid")
