@@ -55,10 +55,16 @@ the same graph with its nodes relabeled within blocks (the tests check both).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch import nn
+
+from zoo_builder.models import require_module
+
+#: Structure checks name this file as the one to extend.
+_require = partial(require_module, reader="baselines/param_graph.py")
 
 if TYPE_CHECKING:
     from torch_geometric.data import Data
@@ -220,20 +226,13 @@ def _column_statistics(table: torch.Tensor, prefix: str) -> dict[str, torch.Tens
             f"{prefix}_min": table.min(0).values, f"{prefix}_max": table.max(0).values}
 
 
-def _check_module(module: nn.Module, expected: type | tuple[type, ...], name: str) -> None:
-    if not isinstance(module, expected):
-        raise TypeError(f"the parameter-graph builder does not know module {name!r} of type "
-                        f"{type(module).__name__}; it expected {expected}; extend "
-                        "baselines/param_graph.py for it")
-
-
 def _pinn_graph(model: nn.Module, b: _GraphBuilder) -> None:
     linears = []
     for name, module in model.layers.named_children():
         if isinstance(module, nn.Linear):
             linears.append((f"layers.{name}", module))
         else:
-            _check_module(module, (nn.Tanh, nn.ReLU, nn.GELU), f"layers.{name}")
+            _require(module, (nn.Tanh, nn.ReLU, nn.GELU), f"layers.{name}")
     previous = b.nodes("input", linears[0][1].in_features, "input", 0)
     for depth, (name, layer) in enumerate(linears, start=1):
         node_type = "output" if name == "layers.output" else "hidden"
@@ -252,7 +251,7 @@ def _resnet_graph(model: nn.Module, b: _GraphBuilder) -> None:
     for stage in ("layer1", "layer2", "layer3", "layer4"):
         for index, block in enumerate(getattr(model, stage)):
             prefix = f"{stage}.{index}"
-            _check_module(block, (BasicBlock, Bottleneck), prefix)
+            _require(block, (BasicBlock, Bottleneck), prefix)
             block_input, block_depth = stream, depth
             convs = ("conv1", "conv2", "conv3") if isinstance(block, Bottleneck) else \
                 ("conv1", "conv2")
@@ -267,8 +266,8 @@ def _resnet_graph(model: nn.Module, b: _GraphBuilder) -> None:
             if len(block.shortcut) == 0:
                 b.fixed(block_input, stream, out_channels, "residual")
             else:
-                _check_module(block.shortcut[0], nn.Conv2d, f"{prefix}.shortcut.0")
-                _check_module(block.shortcut[1], nn.BatchNorm2d, f"{prefix}.shortcut.1")
+                _require(block.shortcut[0], nn.Conv2d, f"{prefix}.shortcut.0")
+                _require(block.shortcut[1], nn.BatchNorm2d, f"{prefix}.shortcut.1")
                 projection = b.module_nodes(f"{prefix}.shortcut", out_channels, "projection",
                                             block_depth + 1, norm=f"{prefix}.shortcut.1")
                 b.conv(block_input, projection, b.take(f"{prefix}.shortcut.0.weight"),
@@ -283,8 +282,8 @@ def _transformer_block(block: nn.Module, prefix: str, stream: int, depth: int,
     """Nodes and edges of one pre-norm block; returns the first node of its output stream."""
     from zoo_builder.models.vit import MLP, SelfAttention
 
-    _check_module(block.attention, SelfAttention, f"{prefix}.attention")
-    _check_module(block.mlp, MLP, f"{prefix}.mlp")
+    _require(block.attention, SelfAttention, f"{prefix}.attention")
+    _require(block.mlp, MLP, f"{prefix}.mlp")
     attention, dim = f"{prefix}.attention", block.norm1.normalized_shape[0]
     norm1 = b.module_nodes(f"{prefix}.norm1", dim, "layernorm", depth, norm=f"{prefix}.norm1",
                            norm_kind="layernorm")

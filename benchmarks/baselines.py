@@ -17,7 +17,8 @@ all seeds; the paper's Table 1 ranges for its linear probe on ResNet-18 zoos are
 beside them for reference. ``--write-leaderboard`` submits every result to ``leaderboards/``
 as ``wslbench submit --baseline`` does (one entry per baseline, zoo and split; the zoo's
 reference of true targets is added where missing) and renders the tables; ``--from-results``
-prints the table of the stored entries without running anything.
+prints the README's summary of the stored baseline entries (each zoo's newest revision, one
+column per baseline) without running anything.
 """
 
 from __future__ import annotations
@@ -126,16 +127,55 @@ def print_table(rows: list[tuple[str, str, str, EvaluationResult | dict | str, f
 
 
 def stored_rows() -> list[tuple[str, str, str, dict, float]]:
-    """The table rows of every baseline entry under :data:`LEADERBOARD_DIR`."""
-    rows = []
-    for entry in leaderboard.load_entries(LEADERBOARD_DIR):
-        if not entry.method.baseline:
+    """The table rows of every baseline entry under :data:`LEADERBOARD_DIR`, of each zoo's
+    newest revision (the one with the newest entry), labelled like :func:`main`'s rows."""
+    entries = [e for e in leaderboard.load_entries(LEADERBOARD_DIR) if e.method.baseline]
+    newest: dict[str, tuple[str, str]] = {}
+    for entry in entries:
+        newest[entry.zoo.name] = max(newest.get(entry.zoo.name, ("", "")),
+                                     (entry.provenance.date, entry.zoo.revision))
+    order = {name: index for index, name in enumerate(BASELINES)}
+    split_order = {name: index for index, name in enumerate(SPLITS.names())}
+    keyed = []
+    for entry in entries:
+        if entry.zoo.revision != newest[entry.zoo.name][1]:
             continue
+        split = entry.split.name
+        label = entry.zoo.name + ("" if split == "iid" else f" ({split})")
         for task_name, task in entry.tasks.items():
             scores = {name: {"mean": s.mean, "std": s.std} for name, s in task.scores.items()}
-            rows.append((entry.zoo.name, task_name, entry.method.name, scores, task.wall_time_s))
-    order = {name: index for index, name in enumerate(BASELINES)}
-    return sorted(rows, key=lambda row: (row[0], row[1], order.get(row[2], len(order))))
+            key = (entry.zoo.name, split != "iid", split_order.get(split, 0), task_name,
+                   order.get(entry.method.name, len(order)))
+            keyed.append((key, (label, task_name, entry.method.name, scores, task.wall_time_s)))
+    return [row for _, row in sorted(keyed)]
+
+
+def summary_table(rows: list[tuple[str, str, str, dict, float]]) -> str:
+    """One line per zoo (and split) and task, one column per baseline: the README's table.
+
+    A cell is R² ± std over seeds / Kendall tau (accuracy ± std / macro-F1 for a
+    classification task); a baseline without an entry for the task shows a dash.
+    """
+    names = [b for b in BASELINES if any(row[2] == b for row in rows)]
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for zoo, task, baseline, scores, _ in rows:
+        main, second = (("accuracy", "macro_f1") if "accuracy" in scores else ("r2", "kendall_tau"))
+        cells.setdefault((zoo, task), {})[baseline] = (
+            f"{scores[main]['mean']:.2f} ± {scores[main]['std']:.2f} / "
+            f"{scores[second]['mean']:.2f}")
+    lines = ["| zoo | task | " + " | ".join(names) + " | paper Table 1, linear probe R² |",
+             "|---|---|" + "---|" * (len(names) + 1)]
+    for (zoo, task), by_baseline in cells.items():
+        lines.append(f"| {zoo} | {task} | " + " | ".join(by_baseline.get(b, "–") for b in names)
+                     + f" | {PAPER_TABLE_1.get(task, '') if '(' not in zoo else ''} |")
+    seconds: dict[str, list[float]] = {}
+    for _, _, baseline, _, wall in rows:
+        seconds.setdefault(baseline, []).append(wall)
+    lines += ["", "Wall time per task, all seeds, on the shared 2-core machine (s): " + ", ".join(
+        f"{b} {min(seconds[b]):.0f}-{max(seconds[b]):.0f}" for b in names)]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
 
 
 def submit_baseline(result: EvaluationResult, board: Path = LEADERBOARD_DIR) -> list[Path]:
@@ -165,7 +205,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.from_results:
-        print_table(stored_rows())
+        summary_table(stored_rows())
         return
 
     if ("cross-zoo" in args.splits) != (args.test_zoo is not None):

@@ -129,6 +129,12 @@ def test_spec_and_permutations_are_checked(monkeypatch):
     with pytest.raises(KeyError, match="state_dict has no 'layers.hidden1.weight'"):
         apply_permutation(spec, {k: v for k, v in state.items() if k != "layers.hidden1.weight"},
                           perms)
+    with_dropout = build_model(PINN)
+    with_dropout.layers.add_module("dropout", torch.nn.Dropout())
+    monkeypatch.setattr(permutation, "build_model", lambda _: with_dropout)
+    with pytest.raises(TypeError, match=r"'layers.dropout' of type Dropout \(expected Tanh or "
+                                        r"ReLU or GELU\); extend zoo_builder/downstream/"):
+        permutation_spec(PINN)
     monkeypatch.setattr(permutation, "_spec_builders", lambda: {})
     with pytest.raises(TypeError, match="no permutation spec for model class PINNMLP"):
         permutation_spec(PINN)

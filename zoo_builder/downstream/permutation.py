@@ -25,10 +25,16 @@ along every listed axis (``index_select``). State dicts use the model's own key 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
+
+from zoo_builder.models import build_model, require_module
+
+#: Structure checks name this file as the one to extend.
+_require = partial(require_module, reader="zoo_builder/downstream/permutation.py")
 
 StateDict = dict[str, torch.Tensor]
 Permutations = dict[str, torch.Tensor]
@@ -142,20 +148,13 @@ class _SpecBuilder:
         return PermutationSpec(groups, self.buffers & permuted)
 
 
-def _check_module(module: nn.Module, expected: type | tuple[type, ...], name: str) -> None:
-    if not isinstance(module, expected):
-        raise TypeError(f"the permutation spec does not know module {name!r} of type "
-                        f"{type(module).__name__} (expected {expected}); extend "
-                        "zoo_builder/downstream/permutation.py for it")
-
-
 def _pinn_spec(model: nn.Module, b: _SpecBuilder) -> None:
     names = []
     for name, module in model.layers.named_children():
         if isinstance(module, nn.Linear):
             names.append(f"layers.{name}")
         else:
-            _check_module(module, (nn.Tanh, nn.ReLU, nn.GELU), f"layers.{name}")
+            _require(module, (nn.Tanh, nn.ReLU, nn.GELU), f"layers.{name}")
     for name, following in zip(names[:-1], names[1:]):
         b.group(name, model.get_submodule(name).out_features)
         b.outputs(name, name)
@@ -170,13 +169,13 @@ def _resnet_spec(model: nn.Module, b: _SpecBuilder) -> None:
     for stage in ("layer1", "layer2", "layer3", "layer4"):
         for index, block in enumerate(getattr(model, stage)):
             prefix = f"{stage}.{index}"
-            _check_module(block, (BasicBlock, Bottleneck), prefix)
+            _require(block, (BasicBlock, Bottleneck), prefix)
             convs = ["conv1", "conv2", "conv3"] if isinstance(block, Bottleneck) else \
                 ["conv1", "conv2"]
             b.inputs(stream, f"{prefix}.conv1")
             if len(block.shortcut) > 0:
-                _check_module(block.shortcut[0], nn.Conv2d, f"{prefix}.shortcut.0")
-                _check_module(block.shortcut[1], nn.BatchNorm2d, f"{prefix}.shortcut.1")
+                _require(block.shortcut[0], nn.Conv2d, f"{prefix}.shortcut.0")
+                _require(block.shortcut[1], nn.BatchNorm2d, f"{prefix}.shortcut.1")
                 b.inputs(stream, f"{prefix}.shortcut.0")
                 stream = b.group(f"{prefix}.shortcut", block.shortcut[0].out_channels)
                 b.outputs(stream, f"{prefix}.shortcut.0", f"{prefix}.shortcut.1")
@@ -197,9 +196,9 @@ def _transformer_spec(model: nn.Module, b: _SpecBuilder,
         b.add(stream, key, axis)
     for index, block in enumerate(model.blocks):
         prefix, attention = f"blocks.{index}", f"blocks.{index}.attention"
-        _check_module(block, TransformerBlock, prefix)
-        _check_module(block.attention, SelfAttention, attention)
-        _check_module(block.mlp, MLP, f"{prefix}.mlp")
+        _require(block, TransformerBlock, prefix)
+        _require(block.attention, SelfAttention, attention)
+        _require(block.mlp, MLP, f"{prefix}.mlp")
         b.outputs(stream, f"{prefix}.norm1")
         b.outputs(stream, f"{prefix}.norm2")
         for role in ("query", "key", "value"):
@@ -244,8 +243,6 @@ def _spec_builders() -> dict[type, Callable[[nn.Module, _SpecBuilder], None]]:
 
 def permutation_spec(model_args: Mapping[str, Any]) -> PermutationSpec:
     """The permutation groups of the model ``model_args`` builds (read on the meta device)."""
-    from zoo_builder.models import build_model
-
     with torch.device("meta"):
         model = build_model(dict(model_args))
     builders = _spec_builders()

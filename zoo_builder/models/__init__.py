@@ -39,6 +39,17 @@ PUBLISHED_KEY_RENAMES = {".downsample.": ".shortcut."}
 DEFAULT_INIT_TYPE = "kaiming_uniform"
 
 
+def require_module(module: nn.Module, expected: type | tuple[type, ...], name: str, *,
+                   reader: str) -> None:
+    """Raise unless submodule ``name`` is an ``expected`` one: code that walks a model's
+    structure (``reader``, a file to extend for new modules) must not silently misread it."""
+    if not isinstance(module, expected):
+        kinds = expected if isinstance(expected, tuple) else (expected,)
+        raise TypeError(f"{reader} does not know module {name!r} of type "
+                        f"{type(module).__name__} (expected "
+                        f"{' or '.join(k.__name__ for k in kinds)}); extend {reader} for it")
+
+
 def build_model(model_args: dict[str, Any]) -> nn.Module:
     """Build a model from its arguments, e.g. ``{"type": "resnet18", "width": 8, ...}``.
 
