@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,20 @@ def test_reads_published_layout_as_published(tmp_path):
     assert set(summary["width"]) == {1, 2} and set(summary["batchsize"]) == {32, 128}
     assert Zoo.open(root).revision == zoo.revision  # reading changes nothing
     assert not (root / fmt.MANIFEST_FILE).exists()
+
+
+def test_published_revision_follows_results_and_checkpoints_not_the_location(tmp_path):
+    root = write_published_zoo(tmp_path / "ptmz", widths=(1,), batchsizes=(32,), seeds=(0, 1),
+                               epochs=2)
+    revision = Zoo.open(root).revision
+    shutil.copytree(root, tmp_path / "copy")
+    assert Zoo.open(tmp_path / "copy").revision == revision
+    checkpoint = fmt.checkpoint_file(Zoo.open(root).models[0].path, 2)
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-1])  # a truncated or re-saved checkpoint
+    assert Zoo.open(root).revision != revision
+    result = Zoo.open(tmp_path / "copy").models[1].path / fmt.RESULT_FILE
+    result.write_text(result.read_text().replace("0.45", "0.46"))
+    assert Zoo.open(tmp_path / "copy").revision != revision
 
 
 def test_summary_columns_are_the_published_ones():

@@ -9,10 +9,10 @@ one batch of checkpoints and never the zoo. Each row is cached under
 
 keyed by the sample's key (zoo revision, model, epoch). A zoo's revision hashes its content
 (our zoos: the manifest with every checkpoint's sha256; published zoos: every params.json and
-result.json), so a rebuilt zoo gets new rows; a featurizer whose numbers change gets a new
-version. A second call on the same checkpoints reads no checkpoint at all. A cache file that
-cannot be read is ignored with a warning and rebuilt; samples without a zoo revision are
-never cached.
+result.json and each checkpoint file's name and size), so a rebuilt zoo gets new rows; a
+featurizer whose numbers change gets a new version. A second call on the same checkpoints
+reads no checkpoint at all. A cache file that cannot be read is ignored with a warning and
+rebuilt; samples without a zoo revision are never cached.
 """
 
 from __future__ import annotations

@@ -497,13 +497,18 @@ def read_manifest(root: Path) -> ZooManifest | None:
 
 
 def published_content_hash(trial_dirs: Iterable[Path]) -> str:
-    """The revision of a zoo without a manifest: a hash of every params.json and result.json."""
+    """The revision of a zoo without a manifest: a hash of every params.json and result.json,
+    and of each checkpoint file's name and size (hashing the weights themselves would read the
+    whole zoo; sizes catch a re-trained or truncated checkpoint, and survive a copy)."""
     digest = {}
     for trial in trial_dirs:
         result = trial / RESULT_FILE
         digest[trial.name] = [
             sha256_file(trial / PARAMS_FILE),
             sha256_file(result) if result.is_file() else None,
+            {f"{folder.name}/{file.name}": file.stat().st_size
+             for folder in sorted(trial.glob("checkpoint_*")) if folder.is_dir()
+             for file in sorted(folder.iterdir()) if file.is_file()},
         ]
     return canonical_hash(digest)
 
