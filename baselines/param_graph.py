@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import torch
 from torch import nn
 
-from zoo_builder.models import require_module
+from zoo_builder.models import reader_for, require_module
 
 #: Structure checks name this file as the one to extend.
 _require = partial(require_module, reader="baselines/param_graph.py")
@@ -381,15 +381,11 @@ def parameter_graph(model_args: Mapping[str, Any],
                     state_dict: Mapping[str, torch.Tensor]) -> "Data":
     """The parameter graph (a ``torch_geometric.data.Data``) of a model; see the module doc."""
     model = build_structure(model_args)
-    builders = _builders()
-    if type(model) not in builders:
-        raise TypeError(f"no parameter-graph builder for model class {type(model).__name__} "
-                        f"(model_args {dict(model_args)}); known: "
-                        f"{sorted(c.__name__ for c in builders)}")
+    build_graph = reader_for(_builders(), model, model_args, "parameter-graph builder")
     state = normalize_keys(state_dict)
     _check_shapes(model, state, model_args)
     builder = _GraphBuilder(state)
-    builders[type(model)](model, builder)
+    build_graph(model, builder)
     return builder.finish(f"model type {model_args.get('type')!r}")
 
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from zoo_builder.models import build_model, require_module
+from zoo_builder.models import build_model, reader_for, require_module
 
 #: Structure checks name this file as the one to extend.
 _require = partial(require_module, reader="zoo_builder/downstream/permutation.py")
@@ -245,13 +245,9 @@ def permutation_spec(model_args: Mapping[str, Any]) -> PermutationSpec:
     """The permutation groups of the model ``model_args`` builds (read on the meta device)."""
     with torch.device("meta"):
         model = build_model(dict(model_args))
-    builders = _spec_builders()
-    if type(model) not in builders:
-        raise TypeError(f"no permutation spec for model class {type(model).__name__} "
-                        f"(model_args {dict(model_args)}); known: "
-                        f"{sorted(c.__name__ for c in builders)}")
+    build_spec = reader_for(_spec_builders(), model, model_args, "permutation spec")
     builder = _SpecBuilder(model)
-    builders[type(model)](model, builder)
+    build_spec(model, builder)
     return builder.finish()
 
 

@@ -50,6 +50,16 @@ def require_module(module: nn.Module, expected: type | tuple[type, ...], name: s
                         f"{' or '.join(k.__name__ for k in kinds)}); extend {reader} for it")
 
 
+def reader_for(readers: Mapping[type, Callable], model: nn.Module,
+               model_args: Mapping[str, Any], what: str) -> Callable:
+    """The entry of ``readers`` (model class -> function) for ``model``'s class; a class
+    without one raises, naming the classes there are ``what``s for."""
+    if type(model) not in readers:
+        raise TypeError(f"no {what} for model class {type(model).__name__} (model_args "
+                        f"{dict(model_args)}); known: {sorted(c.__name__ for c in readers)}")
+    return readers[type(model)]
+
+
 def build_model(model_args: dict[str, Any]) -> nn.Module:
     """Build a model from its arguments, e.g. ``{"type": "resnet18", "width": 8, ...}``.
 
