@@ -135,7 +135,7 @@ def stored_rows() -> list[tuple[str, str, str, dict, float]]:
         newest[entry.zoo.name] = max(newest.get(entry.zoo.name, ("", "")),
                                      (entry.provenance.date, entry.zoo.revision))
     order = {name: index for index, name in enumerate(BASELINES)}
-    split_order = {name: index for index, name in enumerate(SPLITS.names())}
+    split_order = {name: index for index, name in enumerate(SPLITS.registration_order())}
     keyed = []
     for entry in entries:
         if entry.zoo.revision != newest[entry.zoo.name][1]:
@@ -144,7 +144,7 @@ def stored_rows() -> list[tuple[str, str, str, dict, float]]:
         label = entry.zoo.name + ("" if split == "iid" else f" ({split})")
         for task_name, task in entry.tasks.items():
             scores = {name: {"mean": s.mean, "std": s.std} for name, s in task.scores.items()}
-            key = (entry.zoo.name, split != "iid", split_order.get(split, 0), task_name,
+            key = (entry.zoo.name, split_order.get(split, len(split_order)), task_name,
                    order.get(entry.method.name, len(order)))
             keyed.append((key, (label, task_name, entry.method.name, scores, task.wall_time_s)))
     return [row for _, row in sorted(keyed)]

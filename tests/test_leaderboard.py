@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import write_published_zoo
 from wslbench import leaderboard as lb
 from wslbench.evaluate import evaluate
 from wslbench.leaderboard_cli import main as cli
@@ -305,6 +306,21 @@ def test_render_sorts_rows_by_the_main_score_and_escapes_names(board, results, t
     assert 'href="https://example.org/?a=1&amp;b=2"' in page
     assert "<script" not in page and "http://" not in page.split("<body>")[0]
     assert page.count('<table class="leaderboard"') == 2
+
+
+def test_render_names_the_test_zoo_of_a_cross_zoo_split(board, tiny_zoo, tmp_path,
+                                                        monkeypatch):
+    monkeypatch.setenv("WSLBENCH_CACHE", str(tmp_path / "cache"))
+    root = Path(shutil.copytree(board, tmp_path / "leaderboards"))
+    zoo, other = Zoo.open(tiny_zoo), Zoo.open(write_published_zoo(tmp_path / "rotated-digits"))
+    split, _ = resolve_split(zoo, "cross-zoo", other)
+    result = evaluate(MeanGuess, TASKS.get("test_acc"), zoo, split, seeds=(0,), test_zoo=other)
+    lb.submit([result.to_json()], root)
+    markdown = lb.render(root)[root / "README.md"]
+    assert markdown.index("split iid") < markdown.index("split cross-zoo")
+    assert f"test models: every model of rotated-digits (revision {other.revision[:16]})" \
+        in markdown
+    assert cli(["leaderboard", "validate", "--leaderboard", str(root)]) == 0
 
 
 def test_render_check_tells_stale_tables(board, tmp_path, capsys):

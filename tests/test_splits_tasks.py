@@ -93,7 +93,7 @@ def test_cross_zoo_split_tests_on_the_other_zoo(tmp_path, tiny_zoo):
     split, path = resolve_split(source, "cross-zoo", target)
     assert set(split.test) == {m.name for m in target.models}
     assert set(split.train) | set(split.val) == {m.name for m in source.models}
-    assert split.test_zoo_revision == target.revision
+    assert (split.test_zoo_revision, split.test_zoo_name) == (target.revision, "published")
     assert Split.load(path) == split
     task = get_task("test_acc")
     assert set(split_targets(task, source, split, "test", target)) == set(split.test)

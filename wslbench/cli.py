@@ -28,7 +28,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print(f"  {name:<22} {task.main_score.value:<11} {sees:<3} {task.description}{newest}")
     if what in ("all", "splits"):
         print("splits:")
-        for name in SPLITS:
+        for name in SPLITS.registration_order():
             split = SPLITS.get(name)
             print(f"  {name:<16} v{split.version}  {split.description}")
     if what in ("all", "models"):

@@ -390,11 +390,6 @@ def _describe(name: str) -> str:
     return f"'{name}' from result.json at that epoch (missing where the model lacks it)"
 
 
-def _export_name(zoo: Zoo) -> str:
-    """``spec-preset`` for zoos built here, the folder name for published ones."""
-    return zoo.name if zoo.manifest is None else f"{zoo.manifest.spec}-{zoo.manifest.preset}"
-
-
 def _zoo_description(zoo: Zoo) -> str:
     m = zoo.manifest
     text = (f"Model zoo '{zoo.name}': {len(zoo)} trained neural networks with their weights at "
@@ -450,7 +445,7 @@ def croissant_metadata(zoo: Zoo, writers: Mapping[str, _ConfigWriter], out_dir: 
     metadata = {
         "@context": CROISSANT_CONTEXT,
         "@type": "sc:Dataset",
-        "name": _export_name(zoo),
+        "name": zoo.label,
         "description": _zoo_description(zoo),
         "conformsTo": CROISSANT_1_0,
         "license": license,
@@ -478,7 +473,7 @@ def _dataset_card(zoo: Zoo, writers: Mapping[str, _ConfigWriter], license: str) 
     for config in writers:
         lines += [f"- config_name: {config}", "  data_files:", "  - split: train",
                   f"    path: parquet/{config}/*.parquet"]
-    lines += ["---", "", f"# {_export_name(zoo)}", "", _zoo_description(zoo), ""]
+    lines += ["---", "", f"# {zoo.label}", "", _zoo_description(zoo), ""]
     for config, writer in writers.items():
         lines += [f"## `{config}` ({writer.rows} rows)", "", TABLE_DESCRIPTIONS[config], ""]
         lines += [f"- `{c.name}` ({c.type}): {_describe(c.name)}" for c in writer.schema]

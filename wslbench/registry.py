@@ -65,6 +65,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def registration_order(self) -> list[str]:
+        """The names in the order they were registered (e.g. splits from ``iid`` on)."""
+        return list(self._entries)
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

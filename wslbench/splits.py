@@ -72,7 +72,8 @@ class SplitSpec:
 class Split:
     """Model names per part, for one zoo revision; ``sha256`` identifies it in results.
 
-    ``test_zoo_revision`` is set when the test models come from another zoo (cross-zoo);
+    ``test_zoo_revision`` and ``test_zoo_name`` are set when the test models come from
+    another zoo (cross-zoo; the name as leaderboards show it, :attr:`Zoo.label`);
     ``epochs`` is set when a part uses given checkpoint epochs rather than each task's epoch
     (the epochs split).
     """
@@ -84,13 +85,14 @@ class Split:
     val: tuple[str, ...]
     test: tuple[str, ...]
     test_zoo_revision: str | None = None
+    test_zoo_name: str | None = None
     epochs: dict[str, tuple[int, ...]] | None = None
 
     def content(self) -> dict[str, Any]:
         """The split as JSON data; optional fields appear only when set, so that adding one
         left the hash of every earlier split unchanged."""
         data = asdict(self)
-        for key in ("test_zoo_revision", "epochs"):
+        for key in ("test_zoo_revision", "test_zoo_name", "epochs"):
             if data[key] is None:
                 data.pop(key)
         return data
@@ -235,7 +237,7 @@ def make_split(zoo: Zoo, spec: SplitSpec, test_zoo: Zoo | None = None) -> Split:
         train, val = _assign(keys, spec.fractions[:2], spec.seed)
         return Split(**common, train=_names(groups, train), val=_names(groups, val),
                      test=tuple(sorted(m.name for m in test_zoo.models)),
-                     test_zoo_revision=test_zoo.revision)
+                     test_zoo_revision=test_zoo.revision, test_zoo_name=test_zoo.label)
     if spec.kind is SplitKind.OOD_LOAD:
         key = axis_key(zoo, LOAD_KEYS, "load")
         largest = max(_axis_value(groups[k][0], key) for k in keys)

@@ -149,6 +149,16 @@ class Zoo:
     def name(self) -> str:
         return self.manifest.spec if self.manifest else self.root.name
 
+    @property
+    def label(self) -> str:
+        """The zoo's name in leaderboards and split files: spec and preset for our zoos
+        (``digits-resnet18-mini``; ``shakespeare-gpt2`` for the default preset), the folder
+        name for published zoos."""
+        if self.manifest is None:
+            return self.root.name
+        preset = self.manifest.preset
+        return self.manifest.spec if preset in ("default", "") else f"{self.manifest.spec}-{preset}"
+
     def __len__(self) -> int:
         return len(self.models)
 

@@ -33,15 +33,6 @@ def task_key(name: str, version: int) -> str:
     return f"{name}@v{version}"
 
 
-def zoo_label(zoo) -> str:
-    """The leaderboard's name of a zoo: spec and preset for our zoos (``digits-resnet18-mini``,
-    ``shakespeare-gpt2`` for the default preset), the folder name for published zoos."""
-    if zoo.manifest is None:
-        return zoo.name
-    preset = zoo.manifest.preset
-    return zoo.manifest.spec if preset in ("default", "") else f"{zoo.manifest.spec}-{preset}"
-
-
 def reference_path(root: Path, zoo_name: str, revision: str) -> Path:
     return Path(root) / "zoos" / zoo_name / f"{revision[:16]}.json"
 

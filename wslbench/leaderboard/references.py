@@ -15,7 +15,6 @@ from wslbench.leaderboard.layout import (
     scores_agree,
     task_applies,
     true_targets,
-    zoo_label,
 )
 from wslbench.leaderboard.schema import Reference, ZooInfo
 from wslbench.splits import Split
@@ -60,7 +59,7 @@ def add_zoo(root: Path, zoo, splits: Sequence[str] = ("iid",),
             k: dict(v) for k, v in existing.targets.items()}
         name = existing.zoo.name
     else:
-        stored_splits, stored_targets, name = {}, {}, zoo_label(zoo)
+        stored_splits, stored_targets, name = {}, {}, zoo.label
 
     for split_name in splits:
         split, _ = resolve_split(zoo, split_name, test_zoo)

@@ -15,6 +15,7 @@ from wslbench.leaderboard.entries import load_entries
 from wslbench.leaderboard.layout import task_key
 from wslbench.leaderboard.references import load_reference
 from wslbench.leaderboard.schema import Entry, Method, Reference, ScoreStats, TaskResult
+from wslbench.splits import SPLITS
 from wslbench.tasks import get_task
 
 
@@ -46,7 +47,7 @@ def _tables(entries: Sequence[Entry]) -> Tables:
     order = sorted(sorted(grouped, key=lambda k: newest[k], reverse=True), key=lambda k: k[0])
     tables: Tables = {}
     for zoo in order:
-        for split in sorted(grouped[zoo]):
+        for split in sorted(grouped[zoo], key=_split_order):
             for key in sorted(grouped[zoo][split]):
                 higher = get_task(key).higher_is_better
                 ranked = sorted(grouped[zoo][split][key],
@@ -54,6 +55,23 @@ def _tables(entries: Sequence[Entry]) -> Tables:
                 tables.setdefault(zoo, {}).setdefault(split, {})[key] = [
                     Row(i + 1, entry, task) for i, (entry, task) in enumerate(ranked)]
     return tables
+
+
+def _split_order(name: str) -> tuple[int, str]:
+    """Registered splits in registry order (iid first), then split files by name."""
+    registered = SPLITS.registration_order()
+    return (registered.index(name), "") if name in registered else (len(registered), name)
+
+
+def _split_about(split_data: Mapping) -> tuple[str, str | None]:
+    """The split's version and short sha256, and where its test models come from when that
+    is another zoo (a cross-zoo split)."""
+    about = f"split version {split_data['version']}, sha256 {split_data['sha256'][:16]}"
+    revision = split_data.get("test_zoo_revision")
+    if revision is None:
+        return about, None
+    name = split_data.get("test_zoo_name", "another zoo")
+    return about, f"test models: every model of {name} (revision {revision[:16]})"
 
 
 def _rank_key(entry: Entry, task: TaskResult, higher_is_better: bool) -> tuple:
@@ -126,10 +144,10 @@ def render_markdown(entries: Sequence[Entry], references: Mapping[str, Reference
                   f"{reference.zoo.n_models} models, zoo revision "
                   f"`{reference.zoo.revision[:16]}`.", ""]
         for split, tasks in splits.items():
-            split_data = reference.splits[split]
+            about, test_zoo = _split_about(reference.splits[split])
             lines += [f"### {_md(zoo)} · split {_md(split)}", "",
-                      f"Split version {split_data['version']}, sha256 "
-                      f"`{split_data['sha256'][:16]}`.", ""]
+                      _md(about[0].upper() + about[1:] + (f"; {test_zoo}" if test_zoo else ""))
+                      + ".", ""]
             for key, rows in tasks.items():
                 scores, main = _score_names(key), get_task(key).main_score.value
                 header = ["rank", "method"] + [
@@ -200,10 +218,10 @@ def render_html(entries: Sequence[Entry], references: Mapping[str, Reference]) -
                 f'<p class="meta">{reference.zoo.n_models} models, zoo revision '
                 f"<code>{esc(reference.zoo.revision[:16])}</code></p>"]
         for split, tasks in splits.items():
-            split_data = reference.splits[split]
+            about, test_zoo = _split_about(reference.splits[split])
             out += [f"<h3>{esc(zoo)} · split {esc(split)}</h3>",
-                    f'<p class="meta">split version {esc(str(split_data["version"]))}, sha256 '
-                    f"<code>{esc(split_data['sha256'][:16])}</code></p>"]
+                    f'<p class="meta">{esc(about)}{"; " + esc(test_zoo) if test_zoo else ""}'
+                    "</p>"]
             for key, rows in tasks.items():
                 scores, main = _score_names(key), get_task(key).main_score.value
                 out += [f"<h4>{esc(key)}</h4>",
