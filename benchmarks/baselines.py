@@ -120,7 +120,7 @@ def print_table(rows: list[tuple[str, str, str, EvaluationResult | dict | str, f
         lines.append(f"| {zoo} | {task} | {baseline} | {cell(scores, 'r2')} | "
                      f"{cell(scores, 'kendall_tau')} | {cell(scores, 'accuracy')} | "
                      f"{cell(scores, 'macro_f1')} | {seconds:.0f} | "
-                     f"{PAPER_TABLE_1.get(task, '')} |")
+                     f"{'' if '(' in zoo else PAPER_TABLE_1.get(task, '')} |")
     text = "\n".join(lines)
     print(text, flush=True)
     return text

@@ -323,6 +323,26 @@ def test_render_names_the_test_zoo_of_a_cross_zoo_split(board, tiny_zoo, tmp_pat
     assert cli(["leaderboard", "validate", "--leaderboard", str(root)]) == 0
 
 
+def test_revisions_of_one_zoo_get_their_own_tables_newest_first(tmp_path, monkeypatch):
+    monkeypatch.setenv("WSLBENCH_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "leaderboards"
+    revisions = []
+    for epochs, started in ((2, "2026-01-02T00:00:00+00:00"), (3, "2026-01-01T00:00:00+00:00")):
+        zoo = Zoo.open(write_published_zoo(tmp_path / f"{epochs}-epochs" / "ptmz", epochs=epochs))
+        split, _ = resolve_split(zoo, "iid")
+        result = evaluate(MeanGuess, TASKS.get("test_acc"), zoo, split, seeds=(0,)).to_json()
+        result["provenance"]["started"] = started  # the older zoo has the newer result
+        lb.submit([result], root)
+        revisions.append(zoo.revision[:16])
+    files = lb.render(root)
+    markdown, page = files[root / "README.md"], files[root / "index.html"]
+    assert markdown.index(f"## ptmz (newest revision, {revisions[0][:8]})") < \
+        markdown.index(f"## ptmz (an earlier revision, {revisions[1][:8]})")
+    assert [page.index(f'data-revision="{r}"') for r in revisions] == sorted(
+        page.index(f'data-revision="{r}"') for r in revisions)
+    assert cli(["leaderboard", "validate", "--leaderboard", str(root)]) == 0
+
+
 def test_render_check_tells_stale_tables(board, tmp_path, capsys):
     root = Path(shutil.copytree(board, tmp_path / "leaderboards"))
     assert cli(["leaderboard", "render", "--check", "--leaderboard", str(root)]) == 1
