@@ -107,6 +107,12 @@ def cell(scores: dict, name: str) -> str:
     return "nan" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
 
 
+def paper_range(row_label: str, task: str) -> str:
+    """The paper's Table 1 range for the task, on rows of the iid split (labels without a
+    split in parentheses) only: the paper reports no other split."""
+    return "" if "(" in row_label else PAPER_TABLE_1.get(task, "")
+
+
 def print_table(rows: list[tuple[str, str, str, EvaluationResult | dict | str, float]]) -> str:
     """The rows' markdown table; a row's result is a result, its scores, or why it is missing."""
     header = ("| zoo | task | baseline | R² | Kendall tau | accuracy | macro-F1 | wall time (s) "
@@ -120,7 +126,7 @@ def print_table(rows: list[tuple[str, str, str, EvaluationResult | dict | str, f
         lines.append(f"| {zoo} | {task} | {baseline} | {cell(scores, 'r2')} | "
                      f"{cell(scores, 'kendall_tau')} | {cell(scores, 'accuracy')} | "
                      f"{cell(scores, 'macro_f1')} | {seconds:.0f} | "
-                     f"{'' if '(' in zoo else PAPER_TABLE_1.get(task, '')} |")
+                     f"{paper_range(zoo, task)} |")
     text = "\n".join(lines)
     print(text, flush=True)
     return text
@@ -167,7 +173,7 @@ def summary_table(rows: list[tuple[str, str, str, dict, float]]) -> str:
              "|---|---|" + "---|" * (len(names) + 1)]
     for (zoo, task), by_baseline in cells.items():
         lines.append(f"| {zoo} | {task} | " + " | ".join(by_baseline.get(b, "–") for b in names)
-                     + f" | {PAPER_TABLE_1.get(task, '') if '(' not in zoo else ''} |")
+                     + f" | {paper_range(zoo, task)} |")
     seconds: dict[str, list[float]] = {}
     for _, _, baseline, _, wall in rows:
         seconds.setdefault(baseline, []).append(wall)

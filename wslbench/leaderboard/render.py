@@ -63,15 +63,15 @@ def _split_order(name: str) -> tuple[int, str]:
     return (registered.index(name), "") if name in registered else (len(registered), name)
 
 
-def _split_about(split_data: Mapping) -> tuple[str, str | None]:
+def _split_about(split_data: Mapping) -> str:
     """The split's version and short sha256, and where its test models come from when that
     is another zoo (a cross-zoo split)."""
-    about = f"split version {split_data['version']}, sha256 {split_data['sha256'][:16]}"
+    about = f"Split version {split_data['version']}, sha256 {split_data['sha256'][:16]}"
     revision = split_data.get("test_zoo_revision")
-    if revision is None:
-        return about, None
-    name = split_data.get("test_zoo_name", "another zoo")
-    return about, f"test models: every model of {name} (revision {revision[:16]})"
+    if revision is not None:
+        name = split_data.get("test_zoo_name", "another zoo")
+        about += f"; test models: every model of {name} (revision {revision[:16]})"
+    return about
 
 
 def _rank_key(entry: Entry, task: TaskResult, higher_is_better: bool) -> tuple:
@@ -144,10 +144,8 @@ def render_markdown(entries: Sequence[Entry], references: Mapping[str, Reference
                   f"{reference.zoo.n_models} models, zoo revision "
                   f"`{reference.zoo.revision[:16]}`.", ""]
         for split, tasks in splits.items():
-            about, test_zoo = _split_about(reference.splits[split])
             lines += [f"### {_md(zoo)} · split {_md(split)}", "",
-                      _md(about[0].upper() + about[1:] + (f"; {test_zoo}" if test_zoo else ""))
-                      + ".", ""]
+                      _md(_split_about(reference.splits[split])) + ".", ""]
             for key, rows in tasks.items():
                 scores, main = _score_names(key), get_task(key).main_score.value
                 header = ["rank", "method"] + [
@@ -218,10 +216,8 @@ def render_html(entries: Sequence[Entry], references: Mapping[str, Reference]) -
                 f'<p class="meta">{reference.zoo.n_models} models, zoo revision '
                 f"<code>{esc(reference.zoo.revision[:16])}</code></p>"]
         for split, tasks in splits.items():
-            about, test_zoo = _split_about(reference.splits[split])
             out += [f"<h3>{esc(zoo)} · split {esc(split)}</h3>",
-                    f'<p class="meta">{esc(about)}{"; " + esc(test_zoo) if test_zoo else ""}'
-                    "</p>"]
+                    f'<p class="meta">{esc(_split_about(reference.splits[split]))}</p>']
             for key, rows in tasks.items():
                 scores, main = _score_names(key), get_task(key).main_score.value
                 out += [f"<h4>{esc(key)}</h4>",
