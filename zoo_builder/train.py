@@ -25,8 +25,10 @@ import dataclasses
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -64,6 +66,7 @@ class RunOptions:
     max_micro_batch: int | None = None
     data_root: str | None = None
     plugins: tuple[str, ...] = ()
+    cpu_threads: int = 1
 
     def __post_init__(self):
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -72,6 +75,8 @@ class RunOptions:
             raise ValueError(f"channels_last must be auto, on or off, not {self.channels_last!r}")
         if self.max_micro_batch is not None and self.max_micro_batch < 1:
             raise ValueError(f"max_micro_batch must be positive, not {self.max_micro_batch}")
+        if self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be at least 1, not {self.cpu_threads}")
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         if self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda"):
@@ -182,6 +187,24 @@ def train_trial(
     (its folder has no completion marker, so a resumed build redoes it).
     """
     device = torch.device(options.device)
+    with fixed_cpu_threads(options.cpu_threads if device.type == "cpu" else None):
+        _train(params, Path(trial_dir), data, options, device, should_stop)
+
+
+@contextmanager
+def fixed_cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads (None: leave them), then restore."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(params: dict[str, Any], trial_dir: Path, data: Any, options: RunOptions,
+           device: torch.device, should_stop: Callable[[], bool]) -> None:
     fmt.write_params(trial_dir, params)
     seed = int(params["seed"])
     torch.manual_seed(seed)
