@@ -69,7 +69,7 @@ _require = partial(require_module, reader="baselines/param_graph.py")
 if TYPE_CHECKING:
     from torch_geometric.data import Data
 
-    from zoo_builder.downstream.permutation import PermutationSpec
+    from zoo_builder.annotating.downstream.permutation import PermutationSpec
 
 NODE_TYPES = ("input", "hidden", "conv", "projection", "stream", "layernorm", "query", "key",
               "value", "head", "mlp", "output")
@@ -425,7 +425,7 @@ def permute_hidden_units(model_args: Mapping[str, Any], state_dict: Mapping[str,
                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Randomly permute hidden units of a model without changing its function.
 
-    The symmetries are :func:`zoo_builder.downstream.permutation.permutation_spec`'s. PINN:
+    The symmetries are :func:`zoo_builder.annotating.downstream.permutation.permutation_spec`'s. PINN:
     the neurons of each hidden layer. ResNet: the channels inside each block and of each
     residual stream (one permutation shared by all blocks joined by identity shortcuts).
     Transformers: the residual stream (LayerNorm is equivariant to it), each MLP's hidden
@@ -436,7 +436,7 @@ def permute_hidden_units(model_args: Mapping[str, Any], state_dict: Mapping[str,
     permuted node block of :func:`parameter_graph`, the permutation: new unit ``i`` of that
     block is old unit ``perm[i]``.
     """
-    from zoo_builder.downstream.permutation import (apply_permutation, permutation_spec,
+    from zoo_builder.annotating.downstream.permutation import (apply_permutation, permutation_spec,
                                                     random_permutation)
 
     spec = permutation_spec(model_args)

@@ -69,9 +69,9 @@ PAPER_TABLE_1 = {"test_acc": "0.54-0.92", "ggap": "0.53-0.67", "cka": "0.13-0.46
 
 def prepare_zoo(reference: str, cache: Path, workers: int) -> Zoo:
     """Build (resuming) the ``spec:preset`` zoo under ``cache``; annotate image zoos."""
-    from zoo_builder.annotate import annotate_zoo
-    from zoo_builder.build import build_zoo
-    from zoo_builder.specs import SPECS
+    from zoo_builder.annotating.annotate import annotate_zoo
+    from zoo_builder.building.build import build_zoo
+    from zoo_builder.building.catalog import SPECS
 
     name, _, preset = reference.partition(":")
     spec = SPECS.get(name).with_preset(preset or "default")

@@ -45,7 +45,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from zoo_builder.data import load_dataset
-from zoo_builder.landscape.hessian import (
+from zoo_builder.annotating.landscape.hessian import (
     HessianOperator,
     MatrixOperator,
     TraceEstimate,

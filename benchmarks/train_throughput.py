@@ -23,11 +23,11 @@ size) points that ``--widths`` / ``--batch-sizes`` replace for every arch given:
 Every configuration's params.json is the spec's first trial with the width, batch size and
 epochs set (no checkpoints but the first and last, which neither side times). Both sides train
 the same model (same seed) on the same data with the same recipe: the optimizer and its
-per-step OneCycleLR come from :func:`zoo_builder.train.build_optimizer` on both sides (SGD with
+per-step OneCycleLR come from :func:`zoo_builder.building.train.build_optimizer` on both sides (SGD with
 momentum for the ResNets, AdamW for the ViT and GPT), so the recipe is identical by
 construction; the loss is cross-entropy.
 
-* zoo trainer: :func:`zoo_builder.train.train_trial` itself, run to completion. Its result.json
+* zoo trainer: :func:`zoo_builder.building.train.train_trial` itself, run to completion. Its result.json
   records, for every epoch, ``time_this_iter_s`` (the training steps) and ``time_eval_s``
   (measuring train and test loss/accuracy, which a zoo needs every epoch); checkpoint writing
   is in neither.
@@ -84,9 +84,10 @@ from zoo_builder.data import ImageData, load_dataset
 from zoo_builder.data.images import as_float_images
 from zoo_builder.data.text import TokenData, load_shakespeare
 from zoo_builder.models import build_model
-from zoo_builder.specs import SPECS, ZooSpec
-from zoo_builder.train import RunOptions, build_optimizer, train_trial
-from zoo_builder.workloads import EVAL_BATCH_SIZE
+from zoo_builder.building.catalog import SPECS
+from zoo_builder.building.specs import ZooSpec
+from zoo_builder.building.train import RunOptions, build_optimizer, train_trial
+from zoo_builder.building.workloads import EVAL_BATCH_SIZE
 
 TARGET_RATIO = 1.5
 IMAGE_DATASETS = ("digits", "cifar10")

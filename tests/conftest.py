@@ -29,8 +29,8 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory) -> Path:
     """The digits-resnet18 `tiny` zoo, built once per test session by the real builder."""
-    from zoo_builder.build import build_zoo
-    from zoo_builder.specs import SPECS
+    from zoo_builder.building.build import build_zoo
+    from zoo_builder.building.catalog import SPECS
 
     spec = SPECS.get("digits-resnet18").with_preset("tiny")
     return build_zoo(spec, tmp_path_factory.mktemp("tiny_zoo"), progress=False)

@@ -12,7 +12,7 @@ from wslbench import zoo_format as fmt
 from wslbench.cli import main as wslbench_main
 from wslbench.splits import Split
 from wslbench.zoo import Zoo
-from zoo_builder.annotate import AnnotationError, AnnotationSettings, annotate_zoo
+from zoo_builder.annotating.annotate import AnnotationError, AnnotationSettings, annotate_zoo
 
 FAST = AnnotationSettings(hessian_samples=64, hessian_eig_max_iter=20, hessian_trace_hvps=30,
                           cka_samples=128, mc_epochs=1, mc_eval_points=3)
@@ -74,7 +74,7 @@ def test_annotation_resumes_without_recomputing(annotated_zoo):
 
 
 def test_a_failing_grid_point_is_reported_and_the_rest_kept(tiny_zoo, tmp_path, monkeypatch):
-    import zoo_builder.annotate as annotate
+    import zoo_builder.annotating.annotate as annotate
 
     root = Path(shutil.copytree(tiny_zoo, tmp_path / "zoo"))
     real = annotate.cka_annotation

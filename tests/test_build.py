@@ -14,9 +14,9 @@ import torch
 
 from wslbench import zoo_format as fmt
 from wslbench.zoo import Zoo
-from zoo_builder.build import BuildError, build_zoo
+from zoo_builder.building.build import BuildError, build_zoo
 from zoo_builder.models import build_model
-from zoo_builder.specs import SPECS
+from zoo_builder.building.catalog import SPECS
 
 TINY = SPECS.get("digits-resnet18").with_preset("tiny")
 
@@ -66,7 +66,7 @@ def test_tiny_build_writes_the_published_layout_and_our_additions(tiny_zoo):
 
 
 def test_build_is_deterministic_per_seed(tiny_zoo, tmp_path):
-    from zoo_builder.train import train_trial
+    from zoo_builder.building.train import train_trial
 
     model = Zoo.open(tiny_zoo).models[0]
     train_trial(dict(model.params), tmp_path)
@@ -137,7 +137,7 @@ def test_concurrent_build_is_refused(tmp_path):
 
 
 def test_failed_trial_is_reported_not_dropped(tmp_path, monkeypatch):
-    import zoo_builder.train as train
+    import zoo_builder.building.train as train
 
     def broken(params, trial_dir, **kwargs):
         if params["model::width"] == 2:
@@ -170,7 +170,7 @@ def test_mini_zoo_spans_underfitting_to_interpolation(tmp_path):
 def test_training_on_cuda_gives_cpu_loadable_checkpoints(tmp_path):
     if not torch.cuda.is_available():
         pytest.fail("the gpu marker needs a CUDA device")
-    from zoo_builder.train import RunOptions, train_trial
+    from zoo_builder.building.train import RunOptions, train_trial
 
     params = dict(TINY.trials()[0].params)
     train_trial(params, tmp_path, options=RunOptions(device="cuda"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from zoo_builder.landscape.cka import linear_cka, model_logits, seed_pair_cka
+from zoo_builder.annotating.landscape.cka import linear_cka, model_logits, seed_pair_cka
 from zoo_builder.models import resnet18
 
 

@@ -14,16 +14,16 @@ import torch
 
 from wslbench import zoo_format as fmt
 from wslbench.zoo import Zoo
-from zoo_builder.annotate import (DOWNSTREAM_GROUPS, AnnotationError, AnnotationSettings,
+from zoo_builder.annotating.annotate import (DOWNSTREAM_GROUPS, AnnotationError, AnnotationSettings,
                                   annotate_zoo, check_downstream_zoo, done_keys, expand_groups,
                                   percent_label)
 from zoo_builder.data import ImageData, load_dataset
 from zoo_builder.data.digits import rotate_and_shift
-from zoo_builder.downstream.averaging import average_checkpoints, interpolate
-from zoo_builder.downstream.ensembling import ensemble_accuracy
-from zoo_builder.downstream.pruning import (default_prunable, finetune_pruned,
+from zoo_builder.annotating.downstream.averaging import average_checkpoints, interpolate
+from zoo_builder.annotating.downstream.ensembling import ensemble_accuracy
+from zoo_builder.annotating.downstream.pruning import (default_prunable, finetune_pruned,
                                             global_magnitude_prune, prunable_weights)
-from zoo_builder.downstream.transfer import transfer
+from zoo_builder.annotating.downstream.transfer import transfer
 from zoo_builder.models import build_model
 
 torch.set_num_threads(1)
@@ -179,7 +179,7 @@ def test_rotated_digits_are_a_fixed_shift_of_the_same_split(digits):
 
 
 def test_stl10_is_relabelled_into_cifar10_classes_and_targets_are_named():
-    from zoo_builder.downstream.transfer import stl10_as_cifar10, transfer_data
+    from zoo_builder.annotating.downstream.transfer import stl10_as_cifar10, transfer_data
 
     # one image of each STL-10 class: airplane, bird, car, cat, deer, dog, horse, monkey, ...
     labels = torch.arange(10)
@@ -258,7 +258,7 @@ def test_downstream_annotation_stores_every_key(annotated):
 
 
 def test_downstream_annotation_resumes_without_recomputing(annotated, monkeypatch):
-    import zoo_builder.annotate as annotate
+    import zoo_builder.annotating.annotate as annotate
 
     def fail(*args, **kwargs):
         raise AssertionError("recomputed a stored metric")
@@ -273,8 +273,8 @@ def test_downstream_annotation_resumes_without_recomputing(annotated, monkeypatc
 
 
 def test_downstream_results_are_plotted(annotated, tmp_path):
-    from zoo_builder.plots import downstream_panels, plot_phase_diagrams
-    from zoo_builder.summaries import load_summary
+    from zoo_builder.reporting.plots import downstream_panels, plot_phase_diagrams
+    from zoo_builder.reporting.summaries import load_summary
 
     frame = load_summary(annotated)
     panels = {p.column: p for p in downstream_panels(frame)}
@@ -291,7 +291,7 @@ def test_downstream_results_are_plotted(annotated, tmp_path):
 def test_a_window_with_one_checkpoint_warns_and_stores_nothing(tiny_zoo, tmp_path, caplog):
     root = Path(shutil.copytree(tiny_zoo, tmp_path / "zoo"))
     settings = AnnotationSettings(average_window=1)
-    with caplog.at_level(logging.WARNING, logger="zoo_builder.annotate"):
+    with caplog.at_level(logging.WARNING, logger="zoo_builder.annotating.annotate"):
         annotate_zoo(root, groups=["epoch_average"], settings=settings, progress=False)
     assert "widen the window" in caplog.text
     assert all(m.metric("wiseft_acc_test_delta") is None for m in Zoo.open(root).models)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from zoo_builder.landscape.hessian import (
+from zoo_builder.annotating.landscape.hessian import (
     EigenEstimate,
     HessianOperator,
     SymmetricOperator,

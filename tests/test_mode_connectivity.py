@@ -12,15 +12,15 @@ from torch import nn
 from wslbench import zoo_format as fmt
 from zoo_builder.data import ImageData, load_dataset
 from zoo_builder.data.images import Augmentation
-from zoo_builder.landscape.batchnorm import recompute_batchnorm_statistics
-from zoo_builder.landscape.mode_connectivity import (
+from zoo_builder.annotating.landscape.batchnorm import recompute_batchnorm_statistics
+from zoo_builder.annotating.landscape.mode_connectivity import (
     ModeConnectivityResult, bezier_mode_connectivity, bezier_point, curve_connectivity,
     curve_learning_rate,
 )
 from zoo_builder.models import build_model, resnet18
-from zoo_builder.specs import SPECS
-from zoo_builder.train import train_trial
-from zoo_builder.workloads import evaluate_classifier as evaluate
+from zoo_builder.building.catalog import SPECS
+from zoo_builder.building.train import train_trial
+from zoo_builder.building.workloads import evaluate_classifier as evaluate
 
 #: The ends of the curves: seeds 0 and 1 of a digits ResNet-18 at width 8, batch 32, trained
 #: 3 epochs by the real trainer (about 80 % train accuracy; a clear barrier on the line).

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from zoo_builder.phases import (DEFAULT_RULES, RELEASED_RULES, Phase, PhaseRules, label_phases,
+from zoo_builder.annotating.phases import (DEFAULT_RULES, RELEASED_RULES, Phase, PhaseRules, label_phases,
                                 phase_counts, phase_table, rules_for_version)
-from zoo_builder.summaries import (SummaryError, landscape_epoch_rows, load_summary,
+from zoo_builder.reporting.summaries import (SummaryError, landscape_epoch_rows, load_summary,
                                    normalise_summary)
 
 DATA = Path(__file__).parent / "data"

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from zoo_builder.phases import DEFAULT_RULES, label_phases
-from zoo_builder.report import write_report, zoo_report
-from zoo_builder.summaries import landscape_epoch_rows, load_summary, normalise_summary
+from zoo_builder.annotating.phases import DEFAULT_RULES, label_phases
+from zoo_builder.reporting.report import write_report, zoo_report
+from zoo_builder.reporting.summaries import landscape_epoch_rows, load_summary, normalise_summary
 
 pytest.importorskip("matplotlib")
 
-from zoo_builder.plots import PANELS, phase_grid, plot_phase_diagrams  # noqa: E402
+from zoo_builder.reporting.plots import PANELS, phase_grid, plot_phase_diagrams  # noqa: E402
 
 PUBLISHED = Path(__file__).parent / "data" / "ptmz_cifar10_resnet18_final.csv"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

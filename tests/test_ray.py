@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from wslbench import zoo_format as fmt
-from zoo_builder.build import build_zoo
-from zoo_builder.specs import SPECS
+from zoo_builder.building.build import build_zoo
+from zoo_builder.building.catalog import SPECS
 
 pytestmark = pytest.mark.ray
 
@@ -52,7 +52,7 @@ def two_builds(ray_cluster, tmp_path_factory) -> dict[str, Path]:
 
     Training on CPU is deterministic for a given number of threads, and a Ray trial with one
     CPU runs torch on one thread; so does the local build here."""
-    from zoo_builder.ray_executor import RayExecutor
+    from zoo_builder.building.ray_executor import RayExecutor
 
     base = tmp_path_factory.mktemp("builds")
     threads = torch.get_num_threads()
@@ -128,13 +128,13 @@ def counting_job(job: CountingJob) -> str | None:
 
 def test_failed_jobs_are_retried_and_lasting_failures_reported(ray_cluster, tmp_path, caplog,
                                                                 capfd):
-    from zoo_builder.ray_executor import RayExecutor
+    from zoo_builder.building.ray_executor import RayExecutor
 
     jobs = [CountingJob("steady", tmp_path, 0), CountingJob("flaky", tmp_path, 1),
             CountingJob("broken", tmp_path, -1), CountingJob("raising", tmp_path, -2)]
     executor = RayExecutor(max_retries=1, storage_path=tmp_path / "ray_results")
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)
-    with caplog.at_level("WARNING", logger="zoo_builder.ray_executor"):
+    with caplog.at_level("WARNING", logger="zoo_builder.building.ray_executor"):
         failures = executor.run(counting_job, jobs, total=6, progress=True, desc="testing")
     # Tune's own Ctrl+C handler is gone once the run is over.
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)) == handlers
@@ -170,7 +170,7 @@ def interrupting_job(job: InterruptingJob) -> str | None:
 
 
 def test_ctrl_c_stops_the_run_and_says_so(ray_cluster, tmp_path):
-    from zoo_builder.ray_executor import RayExecutor
+    from zoo_builder.building.ray_executor import RayExecutor
 
     jobs = [InterruptingJob(name, os.getpid()) for name in ("first", "b", "c", "d", "e")]
     executor = RayExecutor(storage_path=tmp_path / "ray_results")
@@ -179,7 +179,7 @@ def test_ctrl_c_stops_the_run_and_says_so(ray_cluster, tmp_path):
 
 
 def test_interrupted_build_resumes_with_only_the_missing_trials(two_builds, tmp_path):
-    from zoo_builder.ray_executor import RayExecutor
+    from zoo_builder.building.ray_executor import RayExecutor
 
     root = Path(shutil.copytree(two_builds["local"], tmp_path / "zoo"))
     trials = sorted(p for p in root.iterdir() if p.is_dir())
@@ -204,7 +204,7 @@ def test_interrupted_build_resumes_with_only_the_missing_trials(two_builds, tmp_
 
 
 def test_clear_errors_without_ray_or_with_bad_settings(monkeypatch):
-    from zoo_builder.ray_executor import RayExecutor, import_ray
+    from zoo_builder.building.ray_executor import RayExecutor, import_ray
 
     with pytest.raises(ValueError, match="cpus_per_trial=0, gpus_per_trial=0"):
         RayExecutor(cpus_per_trial=0)
@@ -220,7 +220,7 @@ def test_clear_errors_without_ray_or_with_bad_settings(monkeypatch):
 def test_zoo_builder_starts_without_importing_ray():
     import subprocess
 
-    code = ("import sys, zoo_builder.build, zoo_builder.cli, zoo_builder.ray_executor; "
+    code = ("import sys, zoo_builder.building.build, zoo_builder.cli, zoo_builder.building.ray_executor; "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'ray')))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True,
                          text=True, check=True).stdout

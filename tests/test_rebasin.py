@@ -7,12 +7,12 @@ import torch
 
 from helpers import model_input, random_model
 from zoo_builder.data import ImageData
-from zoo_builder.downstream import permutation
-from zoo_builder.downstream.permutation import (PermutationGroup, PermutationSpec,
+from zoo_builder.annotating.downstream import permutation
+from zoo_builder.annotating.downstream.permutation import (PermutationGroup, PermutationSpec,
                                                 apply_permutation, identity_permutation,
                                                 invert_permutation, permutation_spec,
                                                 random_permutation)
-from zoo_builder.downstream.rebasin import (align, average_states,
+from zoo_builder.annotating.downstream.rebasin import (align, average_states,
                                             image_classification_evaluator,
                                             linear_path_barrier, rebasin_average,
                                             weight_matching)
@@ -133,7 +133,7 @@ def test_spec_and_permutations_are_checked(monkeypatch):
     with_dropout.layers.add_module("dropout", torch.nn.Dropout())
     monkeypatch.setattr(permutation, "build_model", lambda _: with_dropout)
     with pytest.raises(TypeError, match=r"'layers.dropout' of type Dropout \(expected Tanh or "
-                                        r"ReLU or GELU\); extend zoo_builder/downstream/"):
+                                        r"ReLU or GELU\); extend zoo_builder/annotating/downstream/"):
         permutation_spec(PINN)
     monkeypatch.setattr(permutation, "_spec_builders", lambda: {})
     with pytest.raises(TypeError, match="no permutation spec for model class PINNMLP"):

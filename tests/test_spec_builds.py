@@ -10,9 +10,9 @@ import pytest
 from fake_datasets import WRITERS
 from wslbench import zoo_format as fmt
 from wslbench.zoo import Zoo
-from zoo_builder.build import build_zoo
-from zoo_builder.specs import SPECS
-from zoo_builder.train import RunOptions
+from zoo_builder.building.build import build_zoo
+from zoo_builder.building.catalog import SPECS
+from zoo_builder.building.train import RunOptions
 
 
 @pytest.mark.parametrize("name", SPECS.names())
@@ -35,7 +35,7 @@ def test_tiny_preset_builds(name, tmp_path):
 
 
 def test_missing_data_set_is_a_clear_build_error(tmp_path):
-    from zoo_builder.build import BuildError
+    from zoo_builder.building.build import BuildError
 
     spec = SPECS.get("cifar10-resnet18").with_preset("tiny")
     with pytest.raises(BuildError) as failure:

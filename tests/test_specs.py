@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from zoo_builder.cli import main as zoo_builder_main
-from zoo_builder.specs import SPECS, Preset
+from zoo_builder.building.catalog import SPECS
+from zoo_builder.building.specs import Preset
 
 RESNET_WIDTHS = [2, 4, 8, 16, 32, 64, 128, 256]
 RESNET_BATCHES = [8, 16, 32, 64, 128, 256, 512, 1024]
 
-# The paper's tables, written out independently of zoo_builder.catalog:
+# The paper's tables, written out independently of zoo_builder.building.catalog:
 # spec -> (load key, load values, temperature key, values, seeds, optim settings that must hold)
 PAPER_GRIDS = {
     **{f"{data}-resnet{depth}": (

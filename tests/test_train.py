@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from wslbench import zoo_format as fmt
-from zoo_builder.specs import SPECS
-from zoo_builder.train import RunOptions, StepRunner, build_optimizer, train_trial
-from zoo_builder.workloads import Workload
+from zoo_builder.building.catalog import SPECS
+from zoo_builder.building.train import RunOptions, StepRunner, build_optimizer, train_trial
+from zoo_builder.building.workloads import Workload
 
 
 class ToyRegression(Workload):

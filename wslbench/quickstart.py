@@ -19,9 +19,9 @@ def run_quickstart(cache: str | Path | None = None, workers: int = 2,
     from wslbench.splits import resolve_split
     from wslbench.tasks import TASKS
     from wslbench.zoo import Zoo
-    from zoo_builder.annotate import AnnotationSettings, annotate_zoo
-    from zoo_builder.build import build_zoo  # the quickstart is the one place wslbench builds
-    from zoo_builder.specs import SPECS
+    from zoo_builder.annotating.annotate import AnnotationSettings, annotate_zoo
+    from zoo_builder.building.build import build_zoo  # the quickstart is the one place wslbench builds
+    from zoo_builder.building.catalog import SPECS
 
     root = Path(cache) if cache else cache_dir()
     zoo_dir = root / "zoos" / f"{QUICKSTART_SPEC}-{QUICKSTART_PRESET}"

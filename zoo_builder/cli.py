@@ -8,7 +8,8 @@ import textwrap
 from pathlib import Path
 
 from wslbench.commands import run_command
-from zoo_builder.specs import SPECS, ZooSpec
+from zoo_builder.building.catalog import SPECS
+from zoo_builder.building.specs import ZooSpec
 
 
 def describe(spec: ZooSpec) -> str:
@@ -51,21 +52,21 @@ def cmd_show(args: argparse.Namespace) -> int:
 def make_executor(args: argparse.Namespace):
     """The executor that ``--executor`` names, set up from the build flags."""
     if args.executor == "ray":
-        from zoo_builder.ray_executor import RayExecutor
+        from zoo_builder.building.ray_executor import RayExecutor
 
         return RayExecutor(address=args.address, cpus_per_trial=args.cpus_per_trial,
                            gpus_per_trial=args.gpus_per_trial, max_retries=args.max_retries,
                            storage_path=args.ray_storage)
     if args.address or args.gpus_per_trial:
         raise ValueError("--address and --gpus-per-trial need --executor ray")
-    from zoo_builder.executors import LocalExecutor
+    from zoo_builder.building.executors import LocalExecutor
 
     return LocalExecutor(args.workers)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from zoo_builder.build import build_zoo
-    from zoo_builder.train import RunOptions
+    from zoo_builder.building.build import build_zoo
+    from zoo_builder.building.train import RunOptions
 
     spec = SPECS.get(args.spec).with_preset(args.preset)
     # Absolute paths: workers, and nodes of a Ray cluster, do not share our working folder.
@@ -81,7 +82,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from zoo_builder.annotate import LANDSCAPE_GROUPS, AnnotationSettings, annotate_zoo
+    from zoo_builder.annotating.annotate import LANDSCAPE_GROUPS, AnnotationSettings, annotate_zoo
 
     settings = AnnotationSettings(
         hessian_samples=args.hessian_samples, mc_epochs=args.mc_epochs,
@@ -97,8 +98,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from zoo_builder.plots import plot_phase_diagrams
-    from zoo_builder.summaries import load_summary
+    from zoo_builder.reporting.plots import plot_phase_diagrams
+    from zoo_builder.reporting.summaries import load_summary
 
     frame = load_summary(args.source)
     title = args.title or Path(args.source).stem
@@ -108,8 +109,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from zoo_builder.report import write_report, zoo_report
-    from zoo_builder.summaries import load_summary
+    from zoo_builder.reporting.report import write_report, zoo_report
+    from zoo_builder.reporting.summaries import load_summary
 
     frame = load_summary(args.source)
     text, _ = zoo_report(frame)
@@ -120,7 +121,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from zoo_builder.annotate import (DOWNSTREAM_GROUPS, GROUP_SETS, METRIC_GROUPS,
+    from zoo_builder.annotating.annotate import (DOWNSTREAM_GROUPS, GROUP_SETS, METRIC_GROUPS,
                                       AnnotationSettings)
 
     defaults = AnnotationSettings()
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load_plugins(args: argparse.Namespace) -> None:
-    from zoo_builder.specs import load_plugin
+    from zoo_builder.building.specs import load_plugin
 
     for plugin in args.plugin:
         load_plugin(plugin)

@@ -18,7 +18,8 @@ from torch import nn
 
 from zoo_builder.data import DATASETS, ImageData
 from zoo_builder.models import MODEL_FACTORIES
-from zoo_builder.specs import SPECS, Axis, Preset, ZooSpec
+from zoo_builder.building.catalog import SPECS
+from zoo_builder.building.specs import Axis, Preset, ZooSpec
 
 
 def tabular_mlp(width: int, in_features: int, num_classes: int, depth: int = 2) -> nn.Module:

@@ -21,9 +21,9 @@ from typing import Any, Iterator
 import wslbench
 from wslbench import zoo_format as fmt
 from zoo_builder.data import cached_dataset, dataset_options
-from zoo_builder.executors import Executor, LocalExecutor, parent_is_gone
-from zoo_builder.specs import ZooSpec
-from zoo_builder.train import RunOptions
+from zoo_builder.building.executors import Executor, LocalExecutor, parent_is_gone
+from zoo_builder.building.specs import ZooSpec
+from zoo_builder.building.train import RunOptions
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".build.lock"
@@ -124,13 +124,13 @@ def zoo_lock(root: Path) -> Iterator[None]:
 
 def run_trial_job(job: TrialJob) -> str | None:
     """Train one trial with its own log file; return an error message instead of raising."""
-    from zoo_builder.specs import load_plugin
-    from zoo_builder.train import train_trial
+    from zoo_builder.building.specs import load_plugin
+    from zoo_builder.building.train import train_trial
 
     job.trial_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(job.trial_dir / fmt.TRIAL_LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    trial_logger = logging.getLogger("zoo_builder.train")
+    trial_logger = logging.getLogger("zoo_builder.building.train")
     trial_logger.addHandler(handler)
     trial_logger.setLevel(logging.INFO)
     # The trial's log file gets every line; the console only when the command runs verbose.

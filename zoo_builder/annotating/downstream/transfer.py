@@ -10,7 +10,7 @@ rotation and shift; :mod:`zoo_builder.data.digits`).
 
 Wise-FT in its original form (REFERENCE §5): ``theta = (1 - alpha) theta_0 + alpha theta_1``
 with theta_0 the model before fine-tuning and theta_1 after, every parameter and buffer
-interpolated (:func:`zoo_builder.downstream.averaging.interpolate`). Each interpolated model
+interpolated (:func:`zoo_builder.annotating.downstream.averaging.interpolate`). Each interpolated model
 is evaluated as it is on the target (transfer accuracy) and on the source (what it keeps of
 its own task). BatchNorm statistics are interpolated with the weights rather than
 re-estimated: re-estimating would need one data set's images, and the source and target
@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from zoo_builder.data import ImageData, cached_dataset
-from zoo_builder.downstream.averaging import interpolate
-from zoo_builder.workloads import ImageClassification, evaluate_classifier
+from zoo_builder.annotating.downstream.averaging import interpolate
+from zoo_builder.building.workloads import ImageClassification, evaluate_classifier
 
 log = logging.getLogger(__name__)
 

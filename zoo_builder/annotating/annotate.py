@@ -13,9 +13,9 @@ checkpointed epoch), the values go into result.json at that epoch under the publ
   grid point (the same value for each of its models, as published);
 - ``curve_mc_train_error``, ``curve_mc_test_error`` (in %), ``curve_mc_train_loss``,
   ``curve_mc_test_loss``: Bezier mode connectivity, averaged over the seed pairs;
-- ``phase`` and ``phase_rules_version``, from the metrics above (:mod:`zoo_builder.phases`).
+- ``phase`` and ``phase_rules_version``, from the metrics above (:mod:`zoo_builder.annotating.phases`).
 
-Downstream methods (:mod:`zoo_builder.downstream`, REFERENCE §5; image-classification zoos
+Downstream methods (:mod:`zoo_builder.annotating.downstream`, REFERENCE §5; image-classification zoos
 only), asked for by group name or all at once as ``downstream``, are not computed by default.
 Accuracies are fractions in [0, 1], deltas and gains differences of them; the model itself is
 the checkpoint at the annotated epoch, evaluated as it is on the test set:
@@ -69,7 +69,7 @@ from wslbench import zoo_format as fmt
 from wslbench.zoo import ModelRecord, Zoo
 from zoo_builder.data import ImageData, cached_dataset, dataset_options
 from zoo_builder.data.images import Augmentation
-from zoo_builder.executors import LocalExecutor
+from zoo_builder.building.executors import LocalExecutor
 from zoo_builder.models import build_model, load_weights
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def annotate_zoo(root: str | Path, groups: Sequence[str] = LANDSCAPE_GROUPS,
     every downstream method). ``dataset`` names the training data where params.json does not
     (published zoos record only the path of a data dump); ``data_root`` is where the data
     sets lie."""
-    from zoo_builder.build import zoo_lock
+    from zoo_builder.building.build import zoo_lock
 
     groups = expand_groups(groups)
     zoo = Zoo.open(root)
@@ -297,7 +297,7 @@ def annotate_grid_point(job: GridPointJob) -> str | None:
         data = dataset_for(models[0], job.dataset, job.data_root).to(job.device)
         target = None
         if "transfer" in job.groups:
-            from zoo_builder.downstream.transfer import transfer_data
+            from zoo_builder.annotating.downstream.transfer import transfer_data
 
             source = job.dataset or models[0].params.get("dataset::name")
             target = transfer_data(source, job.settings.transfer_dataset,
@@ -372,7 +372,7 @@ def hessian_annotation(model: ModelRecord, epoch: int, data: ImageData,
                        job: GridPointJob) -> dict[str, Any]:
     """Top eigenvalue and trace on a fixed training subset, and the top eigenvalue on a fixed
     held-out subset (the published zoos keep the trace on training data only)."""
-    from zoo_builder.landscape.hessian import (HessianOperator, fixed_subset, hessian_metrics,
+    from zoo_builder.annotating.landscape.hessian import (HessianOperator, fixed_subset, hessian_metrics,
                                                lanczos_top_eigenvalue)
 
     network = load_model(model, epoch, job.device)
@@ -401,8 +401,8 @@ def hessian_annotation(model: ModelRecord, epoch: int, data: ImageData,
 def cka_annotation(networks: list[torch.nn.Module], data: ImageData,
                    settings: AnnotationSettings) -> dict[str, Any]:
     """Mean linear CKA of the logits over all seed pairs, on a fixed held-out subset."""
-    from zoo_builder.landscape.cka import seed_pair_cka
-    from zoo_builder.landscape.hessian import fixed_subset
+    from zoo_builder.annotating.landscape.cka import seed_pair_cka
+    from zoo_builder.annotating.landscape.hessian import fixed_subset
 
     images, _ = fixed_subset(data.test_x, data.test_y, settings.cka_samples, settings.seed)
     return {"representation_similarity": seed_pair_cka(networks, images, data.normalize),
@@ -412,7 +412,7 @@ def cka_annotation(networks: list[torch.nn.Module], data: ImageData,
 def mode_connectivity_annotation(networks: list[torch.nn.Module], model: ModelRecord,
                                  data: ImageData, job: GridPointJob) -> dict[str, Any]:
     """Bezier mode connectivity, averaged over all seed pairs of the grid point."""
-    from zoo_builder.landscape.mode_connectivity import bezier_mode_connectivity
+    from zoo_builder.annotating.landscape.mode_connectivity import bezier_mode_connectivity
 
     settings = job.settings
     augment = (Augmentation(**fmt.params_section(model.params, "augment"))
@@ -438,7 +438,7 @@ def _with_batchnorm_from(network: torch.nn.Module, state: dict[str, torch.Tensor
                          data: ImageData) -> torch.nn.Module:
     """A copy of ``network`` holding ``state`` (made weights), its BatchNorm statistics
     re-estimated on the training images."""
-    from zoo_builder.landscape.batchnorm import recompute_batchnorm_statistics
+    from zoo_builder.annotating.landscape.batchnorm import recompute_batchnorm_statistics
 
     made = copy.deepcopy(network)
     made.load_state_dict(state)
@@ -447,7 +447,7 @@ def _with_batchnorm_from(network: torch.nn.Module, state: dict[str, torch.Tensor
 
 
 def _test_acc(network: torch.nn.Module, data: ImageData) -> float:
-    from zoo_builder.workloads import evaluate_classifier
+    from zoo_builder.building.workloads import evaluate_classifier
 
     return evaluate_classifier(network, data, data.test_x, data.test_y)[1]
 
@@ -456,7 +456,7 @@ def epoch_average_annotation(model: ModelRecord, epoch: int, data: ImageData,
                              job: GridPointJob) -> dict[str, Any]:
     """The uniform average of the model's checkpoints in the window ending at ``epoch``,
     BatchNorm re-estimated, against the checkpoint at ``epoch``; {} if fewer than 2."""
-    from zoo_builder.downstream.averaging import average_checkpoints
+    from zoo_builder.annotating.downstream.averaging import average_checkpoints
 
     window = job.settings.average_window
     chosen = [e for e in model.checkpoint_epochs if epoch - window < e <= epoch]
@@ -479,8 +479,8 @@ def rebasin_annotation(model_args: dict[str, Any], networks: list[torch.nn.Modul
     """Git re-basin of the seeds (``networks`` in seed order, the first is the reference):
     the aligned average against the reference, and the linear-path barriers of the first
     pair before and after alignment."""
-    from zoo_builder.downstream.averaging import average_checkpoints
-    from zoo_builder.downstream.rebasin import (align, image_classification_evaluator,
+    from zoo_builder.annotating.downstream.averaging import average_checkpoints
+    from zoo_builder.annotating.downstream.rebasin import (align, image_classification_evaluator,
                                                 linear_path_barrier, rebasin_average)
 
     states = [network.state_dict() for network in networks]
@@ -512,7 +512,7 @@ def pruning_annotation(model: ModelRecord, epoch: int, data: ImageData,
                        job: GridPointJob) -> dict[str, Any]:
     """Test accuracy after global magnitude pruning of the convolution and linear weights at
     each sparsity (fine-tuned with the mask fixed if ``prune_finetune_epochs`` > 0)."""
-    from zoo_builder.downstream.pruning import (finetune_pruned, global_magnitude_prune,
+    from zoo_builder.annotating.downstream.pruning import (finetune_pruned, global_magnitude_prune,
                                                 prunable_weights)
 
     settings = job.settings
@@ -533,7 +533,7 @@ def pruning_annotation(model: ModelRecord, epoch: int, data: ImageData,
 
 def ensemble_annotation(networks: list[torch.nn.Module], data: ImageData) -> dict[str, Any]:
     """The seeds' output-averaging ensemble on the test set."""
-    from zoo_builder.downstream.ensembling import ensemble_accuracy
+    from zoo_builder.annotating.downstream.ensembling import ensemble_accuracy
 
     result = ensemble_accuracy(networks, data)
     return {"ensemble_acc_test": result.accuracy,
@@ -545,7 +545,7 @@ def ensemble_annotation(networks: list[torch.nn.Module], data: ImageData) -> dic
 def transfer_annotation(model: ModelRecord, epoch: int, data: ImageData, target: ImageData,
                         job: GridPointJob) -> dict[str, Any]:
     """Fine-tune the model on ``target``; its accuracy there and the Wise-FT curve."""
-    from zoo_builder.downstream.transfer import check_compatible, transfer
+    from zoo_builder.annotating.downstream.transfer import check_compatible, transfer
 
     settings = job.settings
     network = load_model(model, epoch, job.device)
@@ -575,7 +575,7 @@ def label_zoo_phases(zoo: Zoo, epochs: Sequence[int] | None = None) -> None:
     """Label every model at its annotated epochs from the metrics stored there."""
     import pandas as pd
 
-    from zoo_builder.phases import DEFAULT_RULES, label_phases
+    from zoo_builder.annotating.phases import DEFAULT_RULES, label_phases
 
     rows, where = [], []
     for model in zoo.models:

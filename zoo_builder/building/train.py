@@ -1,7 +1,7 @@
 """Train one model of a zoo, top to bottom, writing its trial folder as it goes.
 
 One loop serves every zoo; what differs between image classification, language modelling
-and PINNs (batches, loss, metrics) comes from the model's workload (zoo_builder.workloads).
+and PINNs (batches, loss, metrics) comes from the model's workload (zoo_builder.building.workloads).
 The recipe is the paper's: SGD or AdamW with OneCycleLR (cosine, max_lr = lr) stepped per
 optimizer step, or L-BFGS with a strong-Wolfe line search for PINNs. The data stay on the
 device as tensors, and image batches are augmented in one batched call. Metrics are measured
@@ -16,7 +16,7 @@ channels_last images, and a batch that does not fit in memory is split into micr
 whose gradients are accumulated (the effective batch size stays the one of the grid).
 
 Run one model by hand with ``zoo-builder build SPEC --preset tiny --out DIR``;
-:func:`train_trial` is what every executor runs for one model (see zoo_builder.build).
+:func:`train_trial` is what every executor runs for one model (see zoo_builder.building.build).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from torch import nn
 from wslbench import zoo_format as fmt
 from zoo_builder.data import dataset_options, load_dataset
 from zoo_builder.models import build_model
-from zoo_builder.workloads import Workload, make_workload
+from zoo_builder.building.workloads import Workload, make_workload
 
 log = logging.getLogger(__name__)
 

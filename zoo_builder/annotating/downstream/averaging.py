@@ -5,11 +5,11 @@ running statistics included; the reference averages only some parameters, which 
 calls a bug). Integer buffers (BatchNorm's ``num_batches_tracked``) are counters, not weights:
 they are copied from one end, never averaged. The statistics of an average are not the
 average of the statistics, so a model built from these weights is evaluated after
-:func:`zoo_builder.landscape.batchnorm.recompute_batchnorm_statistics` where the protocol says
-so (epoch averaging does; the Wise-FT curve of :mod:`zoo_builder.downstream.transfer` does
+:func:`zoo_builder.annotating.landscape.batchnorm.recompute_batchnorm_statistics` where the protocol says
+so (epoch averaging does; the Wise-FT curve of :mod:`zoo_builder.annotating.downstream.transfer` does
 not, see there).
 
-The weighted sum itself is :func:`zoo_builder.downstream.rebasin.average_states` (one
+The weighted sum itself is :func:`zoo_builder.annotating.downstream.rebasin.average_states` (one
 implementation for re-basin, epoch averaging and Wise-FT); it sums in float64 and casts back
 to each tensor's dtype, so averaging identical checkpoints gives them back bit for bit and
 ``interpolate`` at alpha 0 and 1 gives its ends exactly.
@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from zoo_builder.downstream.rebasin import average_states
+from zoo_builder.annotating.downstream.rebasin import average_states
 
 StateDict = Mapping[str, torch.Tensor]
 

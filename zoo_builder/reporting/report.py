@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from wslbench.zoo_format import atomic_write_bytes
-from zoo_builder.phases import DEFAULT_RULES, Phase, PhaseRules, label_phases
-from zoo_builder.summaries import SummaryError, epoch_note, per_model
+from zoo_builder.annotating.phases import DEFAULT_RULES, Phase, PhaseRules, label_phases
+from zoo_builder.reporting.summaries import SummaryError, epoch_note, per_model
 
 log = logging.getLogger(__name__)
 

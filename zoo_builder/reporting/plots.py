@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoo_builder.phases import DEFAULT_RULES, Phase, PhaseRules, label_phases
-from zoo_builder.summaries import LANDSCAPE_COLUMNS, epoch_note, epoch_span, per_model
+from zoo_builder.annotating.phases import DEFAULT_RULES, Phase, PhaseRules, label_phases
+from zoo_builder.reporting.summaries import LANDSCAPE_COLUMNS, epoch_note, epoch_span, per_model
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ PANELS = (
     Panel("log_hessian_top_ev_val", "log Hessian top eigenvalue", "viridis_r", 0.0, 6.0),
 )
 
-#: Downstream results (zoo_builder.annotate, docs/phases.md): column pattern, title (the
+#: Downstream results (zoo_builder.annotating.annotate, docs/phases.md): column pattern, title (the
 #: pattern's group in it, "_" read as "."), colour map, centred at 0. A panel is drawn for
 #: each column of the frame that matches and has a value. Deltas and gains are diverging
 #: (blue = better than the single model / the members, red = worse).

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from zoo_builder.executors import Job
+from zoo_builder.building.executors import Job
 
 log = logging.getLogger(__name__)
 

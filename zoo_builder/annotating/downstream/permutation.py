@@ -34,7 +34,7 @@ from torch import nn
 from zoo_builder.models import build_model, reader_for, require_module
 
 #: Structure checks name this file as the one to extend.
-_require = partial(require_module, reader="zoo_builder/downstream/permutation.py")
+_require = partial(require_module, reader="zoo_builder/annotating/downstream/permutation.py")
 
 StateDict = dict[str, torch.Tensor]
 Permutations = dict[str, torch.Tensor]

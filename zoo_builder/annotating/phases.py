@@ -42,7 +42,7 @@ from enum import Enum
 
 import pandas as pd
 
-from zoo_builder.summaries import log_num_classes
+from zoo_builder.reporting.summaries import log_num_classes
 
 MC_COLUMN = "curve_mc_train_error"
 CKA_COLUMN = "representation_similarity"

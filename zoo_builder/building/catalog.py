@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from zoo_builder.specs import SPECS, Axis, Preset, ZooSpec
+from wslbench.registry import Registry
+from zoo_builder.building.specs import Axis, Preset, ZooSpec
+
+#: Every zoo spec by name; plugins of new domains register theirs here too.
+SPECS: Registry[ZooSpec] = Registry("zoo spec")
 
 # --------------------------------------------------------------------------- vision
 

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from zoo_builder.data.images import ImageData
-from zoo_builder.workloads import EVAL_BATCH_SIZE
+from zoo_builder.building.workloads import EVAL_BATCH_SIZE
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wslbench.registry import Registry
 from wslbench.zoo_format import flatten_params
 
 
@@ -163,9 +162,6 @@ class TrialPlan:
         return f"NN_tune_trainable_{zoo_id}_{self.index:05d}_{self.index}_{tags}"
 
 
-SPECS: Registry[ZooSpec] = Registry("zoo spec")
-
-
 def load_plugin(target: str) -> None:
     """Import a plugin: a Python file (``my_zoo.py``) or a module (``mypkg.zoos``) that
     registers zoo specs, model factories, data sets or workloads of a new domain.
@@ -189,7 +185,3 @@ def load_plugin(target: str) -> None:
             raise
     else:
         importlib.import_module(target)
-
-
-# The catalogue registers every spec of the project into SPECS (it imports this module).
-from zoo_builder import catalog  # noqa: E402,F401

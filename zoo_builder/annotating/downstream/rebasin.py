@@ -2,7 +2,7 @@
 
 Weight matching permutes the hidden units of model B to bring its weights as close as
 possible to model A's: it maximizes ``sum_l <W_a^l, P_l W_b^l P_{l-1}^T>`` over the
-permutations of :func:`~zoo_builder.downstream.permutation.permutation_spec` by coordinate
+permutations of :func:`~zoo_builder.annotating.downstream.permutation.permutation_spec` by coordinate
 descent. Each step fixes every group but one and solves for that one exactly as a linear
 assignment (``scipy.optimize.linear_sum_assignment`` on ``sum W_a W_b^T`` over the tensors the
 group acts on, with their other axes already permuted); groups are visited in a random order
@@ -12,7 +12,7 @@ within-head assignments, then the best assignment of heads on their summed score
 
 The reference protocol (REFERENCE §5, published key ``gitrebasin_acc_test_delta``): align
 seeds 1 and 2 to seed 0, average the three (:func:`rebasin_average`), re-estimate BatchNorm
-statistics on training data (``zoo_builder.landscape.batchnorm``), evaluate, and report the
+statistics on training data (``zoo_builder.annotating.landscape.batchnorm``), evaluate, and report the
 test-accuracy change from seed 0::
 
     averaged = rebasin_average(model_args, seed0, [seed1, seed2])
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from zoo_builder.downstream.permutation import (PermutationGroup, PermutationSpec, Permutations,
+from zoo_builder.annotating.downstream.permutation import (PermutationGroup, PermutationSpec, Permutations,
                                                 StateDict, apply_permutation,
                                                 identity_permutation, permutation_spec)
 
@@ -254,9 +254,9 @@ def image_classification_evaluator(model_args: Mapping[str, Any], data: Any,
     the training images, or a subset) BatchNorm statistics are re-estimated on them for every
     state before evaluating, as made weights need. One network is built and reused.
     """
-    from zoo_builder.landscape.batchnorm import recompute_batchnorm_statistics
+    from zoo_builder.annotating.landscape.batchnorm import recompute_batchnorm_statistics
     from zoo_builder.models import build_model, load_weights
-    from zoo_builder.workloads import evaluate_classifier
+    from zoo_builder.building.workloads import evaluate_classifier
 
     net = build_model(dict(model_args)).to(device)
     inputs, labels = inputs.to(device), labels.to(device)

@@ -106,7 +106,7 @@ def finetune_pruned(network: nn.Module, masks: Mapping[str, torch.Tensor], data:
                     epochs: int, lr: float, batch_size: int = 64, seed: int = 0) -> nn.Module:
     """Fine-tune a pruned ``network`` in place with the mask fixed: the pruned weights are set
     back to zero after every optimizer step (momentum and weight decay would move them)."""
-    from zoo_builder.downstream.transfer import finetune_classifier
+    from zoo_builder.annotating.downstream.transfer import finetune_classifier
 
     apply_masks(network, masks)
     return finetune_classifier(network, data, epochs=epochs, lr=lr, batch_size=batch_size,

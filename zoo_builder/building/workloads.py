@@ -1,6 +1,6 @@
 """Workloads: what the trainer needs to know about one kind of learning problem.
 
-:func:`zoo_builder.train.train_trial` is one loop for every zoo; a workload supplies the
+:func:`zoo_builder.building.train.train_trial` is one loop for every zoo; a workload supplies the
 parts that differ between image classification, language modelling and physics-informed
 regression: the optimizer steps of an epoch, the loss of a batch, how to split a batch for
 gradient accumulation, and the metrics written to result.json after every epoch (always

@@ -47,8 +47,8 @@ from torch.nn import functional as F
 
 from zoo_builder.data import ImageData
 from zoo_builder.data.images import Augmentation
-from zoo_builder.landscape.batchnorm import recompute_batchnorm_statistics
-from zoo_builder.workloads import evaluate_classifier
+from zoo_builder.annotating.landscape.batchnorm import recompute_batchnorm_statistics
+from zoo_builder.building.workloads import evaluate_classifier
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _train_curve(net: nn.Module, start: Weights, middle: Weights, end: Weights,
                  generator: torch.Generator) -> None:
     """Train the curve's middle in place (see the module docstring)."""
     n = len(data.train_x)
-    # Full batches only, as in zoo_builder.train: a last batch of a few samples gives
+    # Full batches only, as in zoo_builder.building.train: a last batch of a few samples gives
     # BatchNorm wild statistics.
     batch_size = min(batch_size, n)
     steps_per_epoch = n // batch_size

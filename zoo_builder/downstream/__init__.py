@@ -1,9 +1,0 @@
-"""Downstream methods on trained zoo models, the paper's uses of a population of networks
-(REFERENCE §5): :mod:`~zoo_builder.downstream.permutation` (the weight-space permutation
-symmetries of each architecture), :mod:`~zoo_builder.downstream.rebasin` (Git re-basin weight
-matching, averaging seeds in one basin, loss barriers along linear paths),
-:mod:`~zoo_builder.downstream.averaging` (epoch averaging / Wise-FT),
-:mod:`~zoo_builder.downstream.pruning` (magnitude pruning),
-:mod:`~zoo_builder.downstream.ensembling` (output averaging of seeds) and
-:mod:`~zoo_builder.downstream.transfer` (fine-tuning on a new data set).
-"""
