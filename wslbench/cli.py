@@ -39,11 +39,31 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print(f"  {name:<16} entry point {entry.value}")
     if what in ("all", "zoos"):
         from wslbench.paths import known_zoos, zoo_dirs
+        from wslbench.releases import read_index, registry_path
 
+        records = read_index()
+        print(f"released zoos (name@version, from {registry_path()}):")
+        for record in records:
+            print(f"  {record.reference:<28} {record.num_models} models, epochs "
+                  f"{','.join(map(str, record.epochs))}, {record.size_bytes / 1e6:.1f} MB, "
+                  f"{_release_place(record)}")
+        released = {record.name for record in records}
         print(f"zoos (by name, from {', '.join(map(str, zoo_dirs()))}):")
         for name, path in known_zoos().items():
-            print(f"  {name:<28} {path}")
+            if name not in released:
+                print(f"  {name:<28} {path}")
     return 0
+
+
+def _release_place(record) -> str:
+    """Where a release is: its folder here, or the URL it would be fetched from."""
+    from wslbench.releases import cached_dir, local_dir
+
+    if local_dir(record) is not None:
+        return f"in {local_dir(record)}"
+    if (cached_dir(record) / "zoo.json").is_file():
+        return f"fetched into {cached_dir(record)}"
+    return f"fetched on first use from {record.url}" if record.url else "not on this machine"
 
 
 def format_scores(rows: list[tuple[str, str, dict]]) -> str:

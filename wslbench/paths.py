@@ -20,8 +20,11 @@ def zoo_dirs() -> list[Path]:
 
 
 def known_zoos() -> dict[str, Path]:
-    """Zoo name -> folder, for every zoo in :func:`zoo_dirs` (the first of a name wins)."""
-    found: dict[str, Path] = {}
+    """Zoo name -> folder: the releases present on this machine (their newest version; see
+    :mod:`wslbench.releases`), then every zoo in :func:`zoo_dirs` (the first of a name wins)."""
+    from wslbench.releases import local_releases
+
+    found: dict[str, Path] = local_releases()
     for folder in zoo_dirs():
         if folder.is_dir():
             for child in sorted(folder.iterdir()):

@@ -122,12 +122,18 @@ class Zoo:
 
     @classmethod
     def resolve(cls, reference: str | Path) -> "Zoo":
-        """A zoo by path, or by name among the zoos that :mod:`wslbench.paths` knows."""
+        """A zoo by path, by release name (``name`` or ``name@vN``; fetched into the cache if
+        it is not here, see :mod:`wslbench.releases`), or by name among the zoos that
+        :mod:`wslbench.paths` knows."""
         from wslbench.paths import known_zoos, zoo_dirs
+        from wslbench.releases import find_release, materialize
 
         path = Path(reference).expanduser()
         if path.exists():
             return cls.open(path)
+        release = find_release(str(reference))
+        if release is not None:
+            return cls.open(materialize(release))
         known = known_zoos()
         if str(reference) in known:
             return cls.open(known[str(reference)])

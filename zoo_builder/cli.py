@@ -1,4 +1,5 @@
-"""The ``zoo-builder`` command: list specs, show one, build a zoo."""
+"""The ``zoo-builder`` command: list specs, show one, build, annotate, report on, release and
+compare zoos."""
 
 from __future__ import annotations
 
@@ -120,6 +121,56 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _epoch_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of epochs, "
+                                         "e.g. 10,20") from None
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from zoo_builder.release import make_release, pack
+
+    if args.url and not args.archive:
+        raise ValueError("--url records where the archive will be hosted: it needs --archive "
+                         "(or run `zoo-builder pack NAME@vN --out FILE --url URL` later)")
+    record = make_release(args.zoo, args.name, args.version, out=args.out, epochs=args.epochs,
+                          allow_partial=args.allow_partial, registry=args.registry)
+    print(f"release {record.reference}: {record.num_models} models, epochs "
+          f"{list(record.epochs)}, {record.size_bytes / 1e6:.1f} MB, revision "
+          f"{record.revision[:12]}, in {record.path}")
+    if args.archive:
+        digest = pack(record, args.archive, url=args.url, registry=args.registry)
+        print(f"archive {args.archive} sha256 {digest}")
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from wslbench.releases import ReleaseError, find_release
+    from zoo_builder.release import pack
+
+    record = find_release(args.release, args.registry)
+    if record is None:
+        raise ReleaseError(f"no release {args.release!r} in the registry (see `wslbench ls zoos`)")
+    digest = pack(record, args.out, url=args.url, registry=args.registry)
+    print(f"archive {args.out} of {record.reference} sha256 {digest}")
+    if args.url:
+        print(f"recorded {args.url} with that sha256 for {record.reference}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from wslbench.zoo import Zoo
+    from zoo_builder.reporting.compare import compare_zoos, format_comparison
+
+    comparison = compare_zoos(Zoo.resolve(args.rebuilt), Zoo.resolve(args.release))
+    print(format_comparison(comparison))
+    if args.json:
+        print(f"comparison written to {comparison.write_json(args.json)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from zoo_builder.annotating.annotate import (DOWNSTREAM_GROUPS, GROUP_SETS, METRIC_GROUPS,
                                       AnnotationSettings)
@@ -222,6 +273,47 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("source", help="a zoo folder or a summary .csv/.parquet")
     report.add_argument("--csv", help="also write the table as CSV here")
     report.set_defaults(run=cmd_report)
+
+    release = commands.add_parser(
+        "release", help="copy an annotated zoo into release layout and register it")
+    release.add_argument("zoo", help="the annotated zoo's root folder")
+    release.add_argument("--name", required=True, help="the release's name, e.g. "
+                                                       "digits-resnet18-bench")
+    release.add_argument("--version", type=int, required=True,
+                         help="the release version (a new number: releases never change)")
+    release.add_argument("--out", help="the release folder (default: <registry folder>/NAME/vN, "
+                                       "i.e. releases/NAME/vN in the repository)")
+    release.add_argument("--epochs", type=_epoch_list,
+                         help="checkpoint epochs to keep, e.g. 10,20 (default: the epochs the "
+                              "tasks and the epochs split read)")
+    release.add_argument("--allow-partial", action="store_true",
+                         help="release models without landscape targets, or epochs that some "
+                              "tasks cannot use")
+    release.add_argument("--archive", help="also write the release as a tar.gz (.tar: plain) "
+                                           "here and print its sha256")
+    release.add_argument("--url", help="with --archive: the URL the archive will be hosted at, "
+                                       "recorded with its sha256")
+    release.add_argument("--registry", help="the registry file or folder (default: "
+                                            "$WSLBENCH_RELEASES, else releases/index.json)")
+    release.set_defaults(run=cmd_release)
+
+    pack_cmd = commands.add_parser(
+        "pack", help="write a release as a tar.gz, print its sha256, optionally record its URL")
+    pack_cmd.add_argument("release", help="a release name or name@vN")
+    pack_cmd.add_argument("--out", required=True, help="the archive to write (.tar.gz or .tar)")
+    pack_cmd.add_argument("--url", help="the URL the archive will be hosted at; recorded in the "
+                                        "registry with its sha256")
+    pack_cmd.add_argument("--registry", help="the registry file or folder (default: "
+                                             "$WSLBENCH_RELEASES, else releases/index.json)")
+    pack_cmd.set_defaults(run=cmd_pack)
+
+    compare = commands.add_parser(
+        "compare", help="how well a rebuilt zoo reproduces a release (or any other zoo)")
+    compare.add_argument("rebuilt", help="the rebuilt zoo: a folder or a zoo name")
+    compare.add_argument("release", help="the reference: a release name (name@vN), folder or "
+                                         "zoo name")
+    compare.add_argument("--json", help="also write the comparison as JSON here")
+    compare.set_defaults(run=cmd_compare)
     return parser
 
 
