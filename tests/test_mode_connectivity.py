@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -59,12 +60,30 @@ def test_curve_connectivity_on_hand_made_curves():
     assert curve_connectivity([10, 12, 30, 12, 10]) == -20  # a barrier
     assert curve_connectivity([10, 8, 2, 8, 10]) == 8  # the curve finds lower loss
     assert curve_connectivity([5, 5, 5, 5, 5]) == 0  # flat
-    # The ends take part in the argmax (as in the reference): a monotone curve between ends
-    # of different height gives half their gap, signed by the first end.
-    assert curve_connectivity([0, 2.5, 5, 7.5, 10]) == 5
+    # Only interior points compete (the reference lets the ends compete too, so a monotone
+    # curve gave half the ends' gap signed by the first end: -5 here and +5 reversed).
+    assert curve_connectivity([10, 9, 8, 7, 0]) == -4
+    assert curve_connectivity([0, 7, 8, 9, 10]) == -4
+    # a tie between deviations of opposite sign (-2.5 / +2.5) goes to the barrier
+    assert curve_connectivity([0, 2.5, 5, 7.5, 10]) == -2.5
+    assert curve_connectivity([0, 1, 0]) == -1 and curve_connectivity([4, 1, 0]) == 1
     assert math.isnan(curve_connectivity([1, float("nan"), 1]))
     with pytest.raises(ValueError, match="at least 3 values"):
         curve_connectivity([1, 2])
+
+
+def test_curve_connectivity_does_not_depend_on_which_end_comes_first():
+    rng = np.random.default_rng(17)
+    for trial in range(2000):
+        n = int(rng.integers(3, 12))
+        if trial % 3 == 0:  # coarse values: many exact ties, of both signs
+            curve = rng.integers(0, 6, size=n).astype(float) * 2.5
+        else:
+            curve = rng.normal(0, 10, size=n) + rng.uniform(-30, 30) * np.linspace(0, 1, n)
+        forward, backward = curve_connectivity(curve), curve_connectivity(curve[::-1])
+        assert forward == backward, (curve, forward, backward)
+        middle = (curve[0] + curve[-1]) / 2
+        assert abs(forward) == pytest.approx(np.abs(curve[1:-1] - middle).max())
 
 
 def test_learning_rate_schedule_is_computed_from_the_base_rate():

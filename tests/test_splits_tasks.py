@@ -154,6 +154,15 @@ def test_released_tasks_never_change_meaning():
     assert not unreleased, f"add the fingerprints of {unreleased} to {RELEASED.name}"
 
 
+def test_phase_task_v2_reads_v2_labels_and_v1_keeps_v1():
+    """A new rules version is a new task version on its own key: ``--task phase`` is v2."""
+    from zoo_builder.annotating.phases import RULES_V1, RULES_V2, label_key
+
+    assert get_task("phase") is get_task("phase@v2")
+    assert get_task("phase@v2").target_key == label_key(RULES_V2) == "phase_v2"
+    assert get_task("phase@v1").target_key == label_key(RULES_V1) == "phase"
+
+
 def test_task_metadata_is_strict():
     with pytest.raises(ValueError, match="lower_snake_case"):
         Task(name="Test-Acc", version=1, description="", target_key="test_acc")

@@ -232,6 +232,14 @@ register_task(Task(
     scores=(Score.ACCURACY, Score.MACRO_F1),
     description="phase label (I, II, III, IV-A, IV-B) from the landscape metrics",
 ))
+# Phase rules v2 (zoo_builder.annotating.phases.RULES_V2) store their label under their own key,
+# so phase@v1 keeps reading the v1 labels of key ``phase``; ``--task phase`` means v2.
+register_task(Task(
+    name="phase", version=2, target_key="phase_v2", kind=TaskKind.CLASSIFICATION,
+    epoch=TargetEpoch.ANNOTATED, main_score=Score.MACRO_F1,
+    scores=(Score.ACCURACY, Score.MACRO_F1),
+    description="phase label (I, II, III, IV-A, IV-B) under phase rules wslbench-phases-v2",
+))
 
 # Downstream results (zoo-builder annotate --metrics downstream): how a method behaves on the
 # model, which the paper ties to its phase.

@@ -13,7 +13,8 @@ checkpointed epoch), the values go into result.json at that epoch under the publ
   grid point (the same value for each of its models, as published);
 - ``curve_mc_train_error``, ``curve_mc_test_error`` (in %), ``curve_mc_train_loss``,
   ``curve_mc_test_loss``: Bezier mode connectivity, averaged over the seed pairs;
-- ``phase`` and ``phase_rules_version``, from the metrics above (:mod:`zoo_builder.annotating.phases`).
+- ``phase`` and ``phase_rules_version`` (rules v1, as released) and ``phase_v2`` (rules v2, the
+  default), from the metrics above (:mod:`zoo_builder.annotating.phases`).
 
 Downstream methods (:mod:`zoo_builder.annotating.downstream`, REFERENCE §5; image-classification zoos
 only), asked for by group name or all at once as ``downstream``, are not computed by default.
@@ -575,7 +576,7 @@ def label_zoo_phases(zoo: Zoo, epochs: Sequence[int] | None = None) -> None:
     """Label every model at its annotated epochs from the metrics stored there."""
     import pandas as pd
 
-    from zoo_builder.annotating.phases import DEFAULT_RULES, label_phases
+    from zoo_builder.annotating.phases import LABEL_KEYS, RELEASED_RULES, RULES_V1, label_phases
 
     rows, where = [], []
     for model in zoo.models:
@@ -585,10 +586,17 @@ def label_zoo_phases(zoo: Zoo, epochs: Sequence[int] | None = None) -> None:
                 row["num_classes"] = model.model_args.get("o_dim")
                 rows.append(row)
                 where.append((model, epoch))
-    labels = label_phases(pd.DataFrame(rows), DEFAULT_RULES)
-    for (model, epoch), label in zip(where, labels):
-        _store(model, epoch, {"phase": None if label is None else str(label),
-                              "phase_rules_version": DEFAULT_RULES.version})
+    # Every released version under its own key (``phase``: v1, ``phase_v2``: v2, ...), so a
+    # released task keeps reading the labels it was released with. The zoo is labelled as a
+    # whole: v2 measures the train loss from the sub-zoo's lowest.
+    frame = pd.DataFrame(rows)
+    labels = {LABEL_KEYS[version]: label_phases(frame, rules)
+              for version, rules in RELEASED_RULES.items()}
+    for index, (model, epoch) in enumerate(where):
+        values = {key: None if series.iloc[index] is None else str(series.iloc[index])
+                  for key, series in labels.items()}
+        values["phase_rules_version"] = RULES_V1.version  # the rules of the ``phase`` key
+        _store(model, epoch, values)
 
 
 def refresh_zoo_tables(zoo: Zoo) -> None:

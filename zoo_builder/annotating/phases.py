@@ -12,7 +12,19 @@ IV-A       small       small    ~ 0                small
 IV-B       small       small    ~ 0                large
 =========  ==========  =======  =================  =====
 
-Decision order (``PhaseRules``; numbers and their justification in ``docs/phases.md``):
+Two released versions (``RELEASED_RULES``; numbers and their justification in
+``docs/phases.md``). **v2** (``RULES_V2``, ``DEFAULT_RULES``), at the last epoch with mode
+connectivity and CKA (:func:`phase_rows`):
+
+1. train loss *high* when ``(train_loss - L_min) / ln(C) >= train_loss_small``, with L_min the
+   lowest train loss of the model's sub-zoo (:func:`train_loss_floor`), so zoos whose heavy
+   augmentation keeps every loss above zero are measured from what they reach;
+2. one band for "no barrier" in both branches: ``mc < -mc_zero_band`` (mode connectivity on
+   train error, %) is a barrier: **I** (high loss) or **III** (small loss); otherwise **II**
+   (high loss) or phase IV (small loss);
+3. phase IV: **IV-A** when ``CKA < cka_large``, else **IV-B**.
+
+**v1** (``RULES_V1``, as released), at the epoch with the most landscape metrics:
 
 1. train loss, relative to ln(num_classes) (the loss of a uniform guess), is *high* when
    ``train_loss / ln(C) >= train_loss_small``; then mode connectivity on train error (%)
@@ -21,6 +33,9 @@ Decision order (``PhaseRules``; numbers and their justification in ``docs/phases
 2. train loss *small* and ``mc < -mc_zero_band``: a clear barrier, **III**;
 3. train loss *small* and ``mc >= -mc_zero_band`` (no barrier): **IV-A** when
    ``CKA < cka_large``, else **IV-B**.
+
+Annotation stores each released version's label under its own key (``LABEL_KEYS``:
+``phase`` for v1, ``phase_v2`` for v2), so the released task ``phase@v1`` keeps its meaning.
 
 The Hessian does not decide a label: in the table it separates the same two groups as the
 train loss ({I, II} large, {III, IV} small), so it adds no information to the decision, and on
@@ -40,14 +55,24 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 
+import numpy as np
 import pandas as pd
 
-from zoo_builder.reporting.summaries import log_num_classes
+from zoo_builder.reporting.summaries import log_num_classes, per_model
 
 MC_COLUMN = "curve_mc_train_error"
 CKA_COLUMN = "representation_similarity"
 HESSIAN_TRACE_COLUMN = "log_hessian_trace_train"
 HESSIAN_TOP_EV_COLUMN = "log_hessian_top_ev_val"
+
+#: ``PhaseRules.train_loss_reference``: the train loss itself (v1) or its excess over the
+#: sub-zoo's lowest train loss (v2).
+LOSS_FROM_ZERO = "zero"
+LOSS_FROM_ZOO_FLOOR = "zoo_floor"
+LOSS_REFERENCES = (LOSS_FROM_ZERO, LOSS_FROM_ZOO_FLOOR)
+#: Columns that tell sub-zoos apart (settings that are neither load nor temperature); the train
+#: loss floor is taken per sub-zoo.
+SUBZOO_COLUMNS = ("zoo", "lr", "wd", "init_type", "num_classes")
 
 
 class Phase(str, Enum):
@@ -74,7 +99,7 @@ class Phase(str, Enum):
 
 _DESCRIPTIONS = {
     Phase.I: "under-fitted, under-sized: high train loss, barrier between seeds (mc < 0)",
-    Phase.II: "under-fitted: high train loss, the curve between seeds does better (mc > 0)",
+    Phase.II: "under-fitted: high train loss, no barrier between seeds (v1: mc > 0)",
     Phase.III: "under-sized: small train loss, barrier between seeds (mc < 0)",
     Phase.IV_A: "over-fitted: small train loss, connected (mc ~ 0), dissimilar outputs (small CKA)",
     Phase.IV_B: "generalizing: small train loss, connected (mc ~ 0), similar outputs (large CKA)",
@@ -92,19 +117,32 @@ class PhaseRules:
         mc_zero_band: with a small train loss, ``mc >= -mc_zero_band`` (mode connectivity on
             train error, in percentage points) counts as "~0", below it as a barrier.
         mc_high_loss_split: with a high train loss, ``mc > mc_high_loss_split`` is phase II.
+            None (v2): the same band as with a small loss, ``mc >= -mc_zero_band`` is II.
         cka_large: CKA at or above is "large" (IV-B), below "small" (IV-A).
         log_hessian_trace_large: for the consistency flag only: log trace at or above is
             "large" (expected in I/II), below "small" (III/IV). None: not checked.
         log_hessian_top_ev_large: the same for the log top eigenvalue; None: not checked.
+        train_loss_reference: ``"zero"`` (v1): the train loss itself is compared, relative to
+            ln(C); ``"zoo_floor"`` (v2): its excess over the sub-zoo's lowest train loss
+            (:func:`train_loss_floor`), so zoos whose augmentation keeps every train loss
+            above zero are measured from what they reach.
+        floor_min_models: a sub-zoo with fewer models with a train loss has floor 0 (one model
+            alone is no evidence of what its zoo can reach).
+        epoch_metrics: the landscape metrics whose presence picks the label epoch of a
+            per-epoch summary (:func:`phase_rows`); None (v1): all of them (the epoch with the
+            most metrics).
     """
 
     version: str
     train_loss_small: float
     mc_zero_band: float
-    mc_high_loss_split: float
+    mc_high_loss_split: float | None
     cka_large: float
     log_hessian_trace_large: float | None = None
     log_hessian_top_ev_large: float | None = None
+    train_loss_reference: str = LOSS_FROM_ZERO
+    floor_min_models: int = 8
+    epoch_metrics: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.version or not isinstance(self.version, str):
@@ -112,7 +150,8 @@ class PhaseRules:
         for name in ("train_loss_small", "mc_zero_band", "mc_high_loss_split", "cka_large",
                      "log_hessian_trace_large", "log_hessian_top_ev_large"):
             value = getattr(self, name)
-            if value is None and name.startswith("log_hessian"):
+            if value is None and name in ("mc_high_loss_split", "log_hessian_trace_large",
+                                          "log_hessian_top_ev_large"):
                 continue
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"PhaseRules.{name} must be a finite number, got {value!r}")
@@ -124,6 +163,16 @@ class PhaseRules:
             raise ValueError(f"PhaseRules.mc_zero_band must be >= 0, got {self.mc_zero_band}")
         if not 0 <= self.cka_large <= 1:
             raise ValueError(f"PhaseRules.cka_large must lie in [0, 1], got {self.cka_large}")
+        if self.train_loss_reference not in LOSS_REFERENCES:
+            raise ValueError(f"PhaseRules.train_loss_reference must be one of {LOSS_REFERENCES}, "
+                             f"got {self.train_loss_reference!r}")
+        if not isinstance(self.floor_min_models, int) or self.floor_min_models < 1:
+            raise ValueError(f"PhaseRules.floor_min_models must be an integer >= 1, got "
+                             f"{self.floor_min_models!r}")
+        if self.epoch_metrics is not None and (
+                not isinstance(self.epoch_metrics, tuple) or not self.epoch_metrics):
+            raise ValueError("PhaseRules.epoch_metrics must be None or a non-empty tuple of "
+                             f"landscape columns, got {self.epoch_metrics!r}")
         released = RELEASED_RULES.get(self.version) if "RELEASED_RULES" in globals() else None
         if released is not None and released != self:
             raise ValueError(
@@ -139,8 +188,8 @@ class PhaseRules:
         return dataclasses.replace(self, **changes)
 
 
-#: Version 1, chosen on the published PTMZ summaries (docs/phases.md has the numbers).
-DEFAULT_RULES = PhaseRules(
+#: Version 1 as released, chosen on the published PTMZ summaries (docs/phases.md, section 2).
+RULES_V1 = PhaseRules(
     version="wslbench-phases-v1",
     train_loss_small=0.016,
     mc_zero_band=2.2,
@@ -150,8 +199,33 @@ DEFAULT_RULES = PhaseRules(
     log_hessian_top_ev_large=None,
 )
 
+#: Version 2 (docs/phases.md, section 3): one "connected" band in both loss branches, train
+#: loss measured from the sub-zoo's floor, labels at the last epoch with mode connectivity and
+#: CKA. Thresholds at the natural gaps of the published zoos, checked leave-one-zoo-out
+#: (:mod:`zoo_builder.annotating.phase_validation`).
+RULES_V2 = PhaseRules(
+    version="wslbench-phases-v2",
+    train_loss_small=0.017,
+    mc_zero_band=2.5,
+    mc_high_loss_split=None,
+    cka_large=0.86,
+    log_hessian_trace_large=6.0,
+    log_hessian_top_ev_large=None,
+    train_loss_reference=LOSS_FROM_ZOO_FLOOR,
+    floor_min_models=8,
+    epoch_metrics=(MC_COLUMN, CKA_COLUMN),
+)
+
+#: The rules annotation, reports and plots use unless told otherwise.
+DEFAULT_RULES = RULES_V2
+
 #: Every released version by name; a released version never changes.
-RELEASED_RULES: dict[str, PhaseRules] = {DEFAULT_RULES.version: DEFAULT_RULES}
+RELEASED_RULES: dict[str, PhaseRules] = {RULES_V1.version: RULES_V1, RULES_V2.version: RULES_V2}
+
+#: The result.json / summary key under which annotation stores each released version's label.
+#: ``phase`` keeps meaning v1 (the released task ``phase@v1`` reads it, and zoos annotated
+#: before v2 hold it); later versions get their own key, read by their own task version.
+LABEL_KEYS: dict[str, str] = {RULES_V1.version: "phase", RULES_V2.version: "phase_v2"}
 
 
 def rules_for_version(version: str) -> PhaseRules:
@@ -160,6 +234,44 @@ def rules_for_version(version: str) -> PhaseRules:
         raise KeyError(f"unknown phase rules version '{version}'; released: "
                        f"{sorted(RELEASED_RULES)}")
     return RELEASED_RULES[version]
+
+
+def label_key(rules: PhaseRules) -> str:
+    """The result.json key under which annotation stores labels of the released ``rules``."""
+    if rules.version not in LABEL_KEYS:
+        raise KeyError(f"phase rules '{rules.version}' are not released, so they have no stored "
+                       f"key; released: {sorted(LABEL_KEYS)}")
+    return LABEL_KEYS[rules.version]
+
+
+def phase_rows(frame: pd.DataFrame, rules: PhaseRules = DEFAULT_RULES) -> pd.DataFrame:
+    """One row per model at the epoch ``rules`` label (``rules.epoch_metrics``); a frame that
+    already has one row per model is returned as it is."""
+    return per_model(frame, rules.epoch_metrics)
+
+
+def train_loss_floor(frame: pd.DataFrame, relative_loss: pd.Series,
+                     rules: PhaseRules = DEFAULT_RULES) -> pd.Series:
+    """Per row, the train loss (relative to ln C) that ``rules`` measure the loss from.
+
+    ``"zero"``: 0. ``"zoo_floor"``: the lowest relative train loss among the rows of the same
+    sub-zoo (equal values of the :data:`SUBZOO_COLUMNS` the frame has), or 0 where the sub-zoo
+    has fewer than ``rules.floor_min_models`` rows with a train loss. So the label of a model
+    depends on the zoo it is labelled with: label a whole zoo (or sub-zoo) at once.
+    """
+    floor = pd.Series(0.0, index=frame.index)
+    if rules.train_loss_reference == LOSS_FROM_ZERO:
+        return floor
+    keys = [c for c in SUBZOO_COLUMNS if c in frame.columns]
+    groups = (frame[keys].astype(str).agg("|".join, axis=1) if keys
+              else pd.Series("", index=frame.index))
+    loss = pd.to_numeric(relative_loss, errors="coerce")
+    loss = loss.where(np.isfinite(loss))
+    for _, index in loss.groupby(groups).groups.items():
+        values = loss.loc[index].dropna()
+        if len(values) >= rules.floor_min_models:
+            floor.loc[index] = max(float(values.min()), 0.0)
+    return floor
 
 
 def _train_loss_column(frame: pd.DataFrame, column: str | None) -> str:
@@ -178,8 +290,10 @@ def phase_table(frame: pd.DataFrame, rules: PhaseRules = DEFAULT_RULES,
                 num_classes: int | None = None,
                 train_loss_column: str | None = None) -> pd.DataFrame:
     """Per row of ``frame``: ``phase`` (a :class:`Phase` or None), ``phase_rules_version``,
-    ``phase_missing`` (the needed metrics that were missing, or None) and
-    ``hessian_consistent`` (True/False, None where not checked).
+    ``phase_missing`` (the needed metrics that were missing, or None),
+    ``hessian_consistent`` (True/False, None where not checked) and ``train_loss_floor`` (the
+    relative train loss the rules measure from: 0, or the sub-zoo's lowest; see
+    :func:`train_loss_floor`).
 
     ``num_classes`` overrides the frame's ``num_classes`` column. The train loss is
     ``landscape_train_loss`` where present (rows from ``landscape_epoch_rows``: the checkpoint
@@ -188,13 +302,14 @@ def phase_table(frame: pd.DataFrame, rules: PhaseRules = DEFAULT_RULES,
     loss_column = _train_loss_column(frame, train_loss_column)
     relative_loss = pd.to_numeric(frame[loss_column], errors="coerce") / log_num_classes(
         frame, num_classes)
+    floor = train_loss_floor(frame, relative_loss, rules)
     mc = _column(frame, MC_COLUMN)
     cka = _column(frame, CKA_COLUMN)
     trace = _column(frame, HESSIAN_TRACE_COLUMN)
     top_ev = _column(frame, HESSIAN_TOP_EV_COLUMN)
 
     phases, missing, consistent = [], [], []
-    for loss, m, c, tr, ev in zip(relative_loss, mc, cka, trace, top_ev):
+    for loss, m, c, tr, ev in zip(relative_loss - floor, mc, cka, trace, top_ev):
         phase, lacking = _decide(rules, loss, m, c, loss_column)
         phases.append(phase)
         missing.append(", ".join(lacking) if lacking else None)
@@ -204,6 +319,7 @@ def phase_table(frame: pd.DataFrame, rules: PhaseRules = DEFAULT_RULES,
         "phase_rules_version": rules.version,
         "phase_missing": pd.Series(missing, index=frame.index, dtype=object),
         "hessian_consistent": pd.Series(consistent, index=frame.index, dtype=object),
+        "train_loss_floor": floor,
     }, index=frame.index)
     out.attrs["phase_rules"] = dataclasses.asdict(rules)
     return out
@@ -241,6 +357,8 @@ def _decide(rules: PhaseRules, loss: float, mc: float, cka: float,
     if lacking:
         return None, lacking
     if loss >= rules.train_loss_small:
+        if rules.mc_high_loss_split is None:  # v2: the band of the small-loss branch
+            return (Phase.I if mc < -rules.mc_zero_band else Phase.II), []
         return (Phase.II if mc > rules.mc_high_loss_split else Phase.I), []
     if mc < -rules.mc_zero_band:
         return Phase.III, []

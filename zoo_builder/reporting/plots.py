@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoo_builder.annotating.phases import DEFAULT_RULES, Phase, PhaseRules, label_phases
+from zoo_builder.annotating.phases import (DEFAULT_RULES, Phase, PhaseRules, label_phases,
+                                           phase_rows)
 from zoo_builder.reporting.summaries import LANDSCAPE_COLUMNS, epoch_note, epoch_span, per_model
 
 log = logging.getLogger(__name__)
@@ -329,7 +330,7 @@ def plot_phase_diagrams(frame: pd.DataFrame, out_dir: str | Path, title: str,
     diverging colour map centred at 0.
     """
     Figure, FigureCanvasAgg = _matplotlib()
-    models = per_model(frame)
+    models = phase_rows(frame, rules)  # every panel at the epoch the rules label
     extra = downstream_panels(models)
     known = [panel.column for panel in (*PANELS, *extra)]
     unknown = sorted(set(ranges or {}) - set(known))

@@ -3,7 +3,7 @@
 The paper reports, per zoo and at the end of training, ``mean ± std [min, max]`` of train loss,
 test loss, train accuracy, test accuracy and the generalization gap (Table 5; Tables 6-7 do the
 same for GPT-2 and the PINNs). ``zoo_report`` adds every landscape metric the zoo has (at each
-model's landscape epoch, see ``landscape_epoch_rows``) and the number of models per phase.
+model's label epoch under the rules, see ``phase_rows``) and the number of models per phase.
 Statistics are pandas': missing values skipped, ``std`` with ddof=1, one value per model.
 """
 
@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from wslbench.zoo_format import atomic_write_bytes
-from zoo_builder.annotating.phases import DEFAULT_RULES, Phase, PhaseRules, label_phases
-from zoo_builder.reporting.summaries import SummaryError, epoch_note, per_model
+from zoo_builder.annotating.phases import (DEFAULT_RULES, Phase, PhaseRules, label_phases,
+                                           phase_rows)
+from zoo_builder.reporting.summaries import SummaryError, epoch_note
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def zoo_report(frame: pd.DataFrame, rules: PhaseRules = DEFAULT_RULES,
     count; ``unlabelled`` counts the models without a label), with the rules' version on the
     phase rows.
     """
-    models = per_model(frame)
+    models = phase_rows(frame, rules)  # one row per model, at the epoch the rules label
     rows = []
     for column, name in REPORT_METRICS:
         if column not in models.columns:

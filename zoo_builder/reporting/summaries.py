@@ -18,6 +18,7 @@ import logging
 import math
 import re
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -199,8 +200,13 @@ def model_key(frame: pd.DataFrame) -> str:
     )
 
 
-def landscape_epoch_rows(frame: pd.DataFrame) -> pd.DataFrame:
+def landscape_epoch_rows(frame: pd.DataFrame,
+                         columns: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per model: landscape metrics at the model's landscape epoch, train/test at its end.
+
+    ``columns``: the landscape metrics whose presence picks the landscape epoch (default: all
+    of them). Phase rules v2 pass the metrics their label reads (mode connectivity and CKA),
+    so a model is labelled at the last epoch that has those, whatever else it lacks.
 
     * ``final_epoch``: the model's last epoch. ``train_loss``, ``train_acc``, ``test_loss``,
       ``test_acc``, ``ggap`` and every other non-landscape column come from it (Table 5 of the
@@ -228,8 +234,9 @@ def landscape_epoch_rows(frame: pd.DataFrame) -> pd.DataFrame:
         )
     key = model_key(frame)
     present = [c for c in LANDSCAPE_COLUMNS if c in frame.columns]
+    counted = present if columns is None else [c for c in columns if c in frame.columns]
     work = frame.reset_index(drop=True).copy()
-    work["_n_landscape"] = work[present].notna().sum(axis=1) if present else 0
+    work["_n_landscape"] = work[counted].notna().sum(axis=1) if counted else 0
     final_idx = work.sort_values([key, "epoch"]).groupby(key, sort=False).tail(1).index
     land_idx = (work.sort_values([key, "_n_landscape", "epoch"])
                 .groupby(key, sort=False).tail(1).index)
@@ -255,9 +262,10 @@ def is_per_epoch(frame: pd.DataFrame) -> bool:
     return "epoch" in frame.columns and "landscape_epoch" not in frame.columns
 
 
-def per_model(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` as one row per model: reduced with ``landscape_epoch_rows`` if it is per epoch."""
-    return landscape_epoch_rows(frame) if is_per_epoch(frame) else frame
+def per_model(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """``frame`` as one row per model: reduced with ``landscape_epoch_rows`` if it is per epoch
+    (``columns`` as there)."""
+    return landscape_epoch_rows(frame, columns) if is_per_epoch(frame) else frame
 
 
 def epoch_span(frame: pd.DataFrame, column: str) -> str | None:

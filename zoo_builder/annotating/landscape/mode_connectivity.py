@@ -22,9 +22,25 @@ Evaluation: at each t in linspace(0, 1, n_eval_points), the curve point's BatchN
 statistics are recomputed on the clean (unaugmented) training images, then loss and error
 (%) are measured in eval mode on the train and test sets. The ends are evaluated the same
 way (their own running statistics are replaced too), so all points of the curve are
-measured alike. With v(t) a curve of values (error or loss)::
+measured alike. With v(t) a curve of values (error or loss) and m = (v(0) + v(1)) / 2, the
+reference (and the paper's Section 2) computes::
 
-    t* = argmax_t |v(t) - (v(0) + v(1)) / 2|,   mc = (v(0) + v(1)) / 2 - v(t*)
+    t* = argmax_{t in [0, 1]} |v(t) - m|,   mc = m - v(t*)
+
+The ends take part in that argmax, and their deviation from m is +-(v(1) - v(0)) / 2 by
+construction: where no interior point deviates more, mc is half the gap between the ends with
+a sign set by which model came first ([10, 9, 8, 7, 0] gives -5, its reverse +5). Here t* runs
+over the **interior** points only (0 < t < 1), and a tie between deviations of opposite sign
+goes to the barrier (the larger v)::
+
+    t* = argmax_{0 < t < 1} |v(t) - m|  (tie: largest v(t)),   mc = m - v(t*)
+
+so swapping the two models (reversing the curve) never changes mc ([10, 9, 8, 7, 0] and its
+reverse both give -4). It equals the reference wherever the reference's t* is interior, which
+is the usual case (seeds of one grid point end at similar error); the ends carry no
+information about the path between them, and a tie is read as a barrier, the conservative
+side for a connectivity claim. The published PTMZ values use the reference's formula; see
+docs/phases.md for how the phase rules treat them.
 
 mc < 0: a barrier between the ends; mc > 0: the curve finds lower loss than the ends (they
 are under-trained); mc ~ 0: well connected.
@@ -82,10 +98,11 @@ class ModeConnectivityResult:
 def curve_connectivity(values: Sequence[float]) -> float:
     """mc of a curve of values measured at t = linspace(0, 1, len(values)).
 
-    mc = (v(0) + v(1)) / 2 - v(t*) with t* the point that deviates most from the ends' mean.
-    As in the reference, the ends take part in the argmax: if no interior point deviates by
-    more than half the gap between the ends, t* is an end (t = 0 on a tie) and mc is half
-    that gap with a sign set by the order of the ends. Any NaN in the curve gives NaN.
+    mc = (v(0) + v(1)) / 2 - v(t*) with t* the **interior** point that deviates most from the
+    ends' mean; on a tie between deviations of opposite sign, the one above the mean (a
+    barrier). The reference also lets the ends compete, which makes mc depend on which model
+    comes first; this does not: reversing ``values`` gives the same mc (module docstring).
+    Any NaN in the curve gives NaN.
     """
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1 or len(v) < 3:
@@ -95,8 +112,11 @@ def curve_connectivity(values: Sequence[float]) -> float:
         )
     if np.isnan(v).any():
         return float("nan")
-    middle = (v[0] + v[-1]) / 2
-    return float(middle - v[int(np.argmax(np.abs(v - middle)))])
+    middle = (v[0] + v[-1]) / 2  # a + b == b + a exactly, so reversal gives the same float
+    interior = v[1:-1]
+    deviation = np.abs(interior - middle)
+    # Exact ties only: the reversed curve holds the same floats, so it finds the same set.
+    return float(middle - interior[deviation == deviation.max()].max())
 
 
 def curve_learning_rate(base_lr: float, progress: float) -> float:
