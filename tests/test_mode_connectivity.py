@@ -156,7 +156,7 @@ def test_batchnorm_recompute_leaves_models_without_batchnorm_alone():
 def test_mode_connectivity_of_a_model_with_itself_is_zero(seed_pair, digits):
     model = seed_pair[0]
     before = copy.deepcopy(model.state_dict())
-    line = bezier_mode_connectivity(model, model, digits, epochs=0)
+    line = bezier_mode_connectivity(model, model, digits, steps=0)
     assert isinstance(line, ModeConnectivityResult) and line.t == [0.0, 0.25, 0.5, 0.75, 1.0]
     metrics = line.to_metrics()
     assert sorted(metrics) == ["curve_mc_test_error", "curve_mc_test_loss",
@@ -171,7 +171,7 @@ def test_mode_connectivity_of_a_model_with_itself_is_zero(seed_pair, digits):
     assert line.train_error_curve[-1] == pytest.approx(100 * (1 - acc))
 
     # Training moves the middle only a little off a curve that is already a (trained) point.
-    trained = bezier_mode_connectivity(model, model, digits, epochs=1, lr=0.01, seed=3)
+    trained = bezier_mode_connectivity(model, model, digits, steps=7, lr=0.01, seed=3)
     assert abs(trained.train_error) < 2.0 and abs(trained.test_error) < 2.0
     assert abs(trained.train_loss) < 0.05 and abs(trained.test_loss) < 0.05
     assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
@@ -179,12 +179,12 @@ def test_mode_connectivity_of_a_model_with_itself_is_zero(seed_pair, digits):
 
 def test_two_seeds_have_a_barrier_that_curve_training_lowers(seed_pair, digits):
     first, second = seed_pair
-    line = bezier_mode_connectivity(first, second, digits, epochs=0)
+    line = bezier_mode_connectivity(first, second, digits, steps=0)
     ends = max(line.train_error_curve[0], line.train_error_curve[-1])
     assert line.train_error_curve[2] > ends  # the straight line's midpoint is worse than both
     assert line.train_error < 0 and line.test_error < 0 and line.train_loss < 0
 
-    curve = bezier_mode_connectivity(first, second, digits, epochs=2, seed=0)
+    curve = bezier_mode_connectivity(first, second, digits, steps=14, seed=0)
     assert curve.train_error_curve[0] == line.train_error_curve[0]  # the ends stay fixed
     assert curve.test_loss_curve[-1] == line.test_loss_curve[-1]
     assert curve.train_error > line.train_error and curve.train_loss > line.train_loss
@@ -199,7 +199,7 @@ def test_curve_training_is_seeded_and_takes_an_augmentation(digits):
     first = resnet18(width=2, num_classes=10, in_channels=1)
     second = resnet18(width=2, num_classes=10, in_channels=1)
     augment = Augmentation(crop_padding=1, rotation_degrees=10.0)
-    runs = [bezier_mode_connectivity(first, second, small, epochs=1, batch_size=64,
+    runs = [bezier_mode_connectivity(first, second, small, steps=4, batch_size=64,
                                      n_eval_points=3, augment=augment, seed=seed)
             for seed in (5, 5, 6)]
     assert runs[0].t == [0.0, 0.5, 1.0]
@@ -212,6 +212,40 @@ def test_mode_connectivity_needs_one_architecture(digits):
     narrow = resnet18(width=2, num_classes=10, in_channels=1)
     wide = resnet18(width=4, num_classes=10, in_channels=1)
     with pytest.raises(ValueError, match=r"same architecture.*conv1.weight: \(2, 1, 3, 3\) vs"):
-        bezier_mode_connectivity(narrow, wide, digits, epochs=0)
+        bezier_mode_connectivity(narrow, wide, digits, steps=0)
     with pytest.raises(ValueError, match="n_eval_points must be at least 3"):
-        bezier_mode_connectivity(narrow, narrow, digits, epochs=0, n_eval_points=2)
+        bezier_mode_connectivity(narrow, narrow, digits, steps=0, n_eval_points=2)
+
+
+def test_the_curve_budget_is_optimizer_steps_whatever_the_data_set_size(digits, monkeypatch):
+    steps_taken = []
+    original_step = torch.optim.SGD.step
+
+    def counted_step(self, *args, **kwargs):
+        steps_taken.append(1)
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", counted_step)
+    torch.manual_seed(0)
+    first = resnet18(width=1, num_classes=10, in_channels=1)
+    second = resnet18(width=1, num_classes=10, in_channels=1)
+    for n in (128, 300, len(digits.train_x)):  # 1, 2 and 7 batches of 128 per shuffle
+        data = ImageData(digits.train_x[:n], digits.train_y[:n], digits.test_x[:64],
+                         digits.test_y[:64], num_classes=10, name="digits")
+        steps_taken.clear()
+        result = bezier_mode_connectivity(first, second, data, steps=20, n_eval_points=3)
+        assert len(steps_taken) == 20
+        metrics = result.to_metrics()
+        assert metrics["curve_steps"] == 20
+        assert metrics["curve_converged"] in (0.0, 1.0)
+        assert math.isfinite(metrics["curve_loss_final"])
+
+
+def test_curve_convergence_is_judged_on_the_loss_before_the_rate_decays():
+    from zoo_builder.annotating.landscape.mode_connectivity import CurveTraining
+
+    still_falling = CurveTraining.from_losses(list(np.linspace(2.0, 0.5, 100)))
+    assert not still_falling.converged and still_falling.loss_drop > 0.05
+    flat = CurveTraining.from_losses([2.0] * 10 + [0.3] * 90)
+    assert flat.converged and flat.loss_drop == pytest.approx(0.0)
+    assert flat.steps == 100 and flat.loss_final == pytest.approx(0.3)

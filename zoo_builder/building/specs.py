@@ -57,6 +57,9 @@ class ZooSpec:
     ``training`` holds further ``training::`` settings (e.g. the workload, steps per epoch);
     ``data`` holds the data set's options (``dataset::`` keys, e.g. the PDE coefficient).
     ``notes`` say where a setting departs from, or fills a gap of, the paper.
+    ``curve_steps`` is the Bezier curve-training budget of mode connectivity for this zoo, in
+    optimizer steps (None: the reference's 3,900); set it only where the curve loss was shown
+    to converge within it.
     """
 
     name: str
@@ -75,6 +78,7 @@ class ZooSpec:
     data: dict[str, Any] = field(default_factory=dict)
     presets: dict[str, Preset] = field(default_factory=dict)
     notes: str = ""
+    curve_steps: int | None = None
     preset: str = "default"
 
     def with_preset(self, name: str) -> "ZooSpec":

@@ -12,11 +12,23 @@ the curve point, as the reference), with BatchNorm in train mode (batch statisti
 forward pass is ``torch.func.functional_call`` of one working copy of ``model_a`` with the
 curve point's parameters, so no module is copied per step.
 
+Budget: curve training is counted in **optimizer steps**, not epochs, so that a zoo on a small
+data set gets as much curve training as one on CIFAR. The reference trains 10 epochs at batch
+128 on CIFAR's 50,000 images, about 3,900 steps (:data:`REFERENCE_CURVE_STEPS`); 10 epochs of
+the 898 digits training images were 70 steps, which left spurious barriers. A spec can set a
+smaller budget where the curve loss is shown to have converged (``ZooSpec.curve_steps``).
+Mini-batches come from successive shuffles of the training set, full batches only.
+
+Convergence is checked and stored: the mean training loss along the curve over the steps at
+30-50% of the budget (still at the base rate) against the one over 10-30%: a relative drop
+(``loss_drop``) under :data:`CONVERGED_DROP` counts as converged (``converged``), i.e. the
+loss had stopped falling before the rate decays; the final window's mean loss is kept too.
+
 Learning rate: the reference meant Garipov et al.'s schedule (the base rate for the first
 half of training, then linear decay to 1% of it at 90%, then 1%), but reassigns the rate
 each epoch from the previous epoch's rate, so the decay compounds. Here the rate is computed
 from the base rate at every step, from the fraction of training done, so short budgets
-(a few epochs on the digits zoo) anneal as well.
+anneal as well.
 
 Evaluation: at each t in linspace(0, 1, n_eval_points), the curve point's BatchNorm
 statistics are recomputed on the clean (unaugmented) training images, then loss and error
@@ -70,6 +82,13 @@ log = logging.getLogger(__name__)
 
 Weights = dict[str, torch.Tensor]
 
+#: The reference's curve budget: 10 epochs of CIFAR's 50,000 images at batch 128.
+REFERENCE_CURVE_STEPS = 3900
+
+#: A relative drop of the curve loss between the 10-30% and 30-50% windows of the budget
+#: below this counts as converged.
+CONVERGED_DROP = 0.05
+
 
 @dataclass
 class ModeConnectivityResult:
@@ -88,11 +107,47 @@ class ModeConnectivityResult:
     train_loss_curve: list[float]
     test_loss_curve: list[float]
     seconds: float
+    training: "CurveTraining | None" = None
 
     def to_metrics(self) -> dict[str, float]:
-        """The result.json / summary keys (``curve_mc_train_error`` as published, in %)."""
-        return {"curve_mc_train_error": self.train_error, "curve_mc_test_error": self.test_error,
-                "curve_mc_train_loss": self.train_loss, "curve_mc_test_loss": self.test_loss}
+        """The result.json / summary keys (``curve_mc_train_error`` as published, in %), and
+        the curve training's budget and convergence (``curve_steps``, ``curve_loss_final``,
+        ``curve_loss_drop``, ``curve_converged`` as 1.0 or 0.0, so that pairs average into the
+        fraction converged)."""
+        metrics = {"curve_mc_train_error": self.train_error,
+                   "curve_mc_test_error": self.test_error,
+                   "curve_mc_train_loss": self.train_loss, "curve_mc_test_loss": self.test_loss}
+        if self.training is not None:
+            metrics.update(self.training.to_metrics())
+        return metrics
+
+
+@dataclass
+class CurveTraining:
+    """How curve training went: its step budget and the mean loss along the curve."""
+
+    steps: int
+    loss_final: float  # mean over the last 10% of the steps
+    loss_drop: float  # relative drop from the 10-30% window to the 30-50% window
+    converged: bool
+
+    def to_metrics(self) -> dict[str, float]:
+        return {"curve_steps": self.steps, "curve_loss_final": self.loss_final,
+                "curve_loss_drop": self.loss_drop, "curve_converged": float(self.converged)}
+
+    @classmethod
+    def from_losses(cls, losses: Sequence[float]) -> "CurveTraining":
+        """Summarize the per-step losses of a curve training (at least 10 steps)."""
+        n = len(losses)
+
+        def window(start: float, stop: float) -> float:
+            part = losses[int(start * n):max(int(stop * n), int(start * n) + 1)]
+            return float(np.mean(part))
+
+        early, late = window(0.1, 0.3), window(0.3, 0.5)
+        drop = (early - late) / abs(early) if early and math.isfinite(early) else float("nan")
+        return cls(steps=n, loss_final=window(0.9, 1.0), loss_drop=drop,
+                   converged=bool(math.isfinite(drop) and drop < CONVERGED_DROP))
 
 
 def curve_connectivity(values: Sequence[float]) -> float:
@@ -156,45 +211,48 @@ def _end_weights(model_a: nn.Module, model_b: nn.Module, device: torch.device | 
 
 
 def _train_curve(net: nn.Module, start: Weights, middle: Weights, end: Weights,
-                 data: ImageData, *, epochs: int, lr: float, momentum: float,
+                 data: ImageData, *, steps: int, lr: float, momentum: float,
                  weight_decay: float, batch_size: int, augment: Augmentation | None,
-                 generator: torch.Generator) -> None:
-    """Train the curve's middle in place (see the module docstring)."""
+                 generator: torch.Generator) -> list[float]:
+    """Train the curve's middle in place for ``steps`` optimizer steps (see the module
+    docstring); return the loss of every step."""
     n = len(data.train_x)
     # Full batches only, as in zoo_builder.building.train: a last batch of a few samples gives
     # BatchNorm wild statistics.
     batch_size = min(batch_size, n)
-    steps_per_epoch = n // batch_size
-    total_steps = epochs * steps_per_epoch
+    batches_per_shuffle = n // batch_size
     optimizer = torch.optim.SGD(list(middle.values()), lr=lr, momentum=momentum)
     device = data.train_x.device
     net.train()
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=generator, device=device)
-        loss_sum = torch.zeros((), device=device)
-        for step in range(steps_per_epoch):
-            progress = (epoch * steps_per_epoch + step) / total_steps
-            for group in optimizer.param_groups:
-                group["lr"] = curve_learning_rate(lr, progress)
-            index = order[step * batch_size:(step + 1) * batch_size]
-            images = data.train_x[index]
-            if augment is not None:
-                images = augment(images, generator)
-            t = torch.rand((), generator=generator, device=device)
-            weights = bezier_point(start, middle, end, t)
-            logits = functional_call(net, weights, (data.normalize(images),))
-            loss = F.cross_entropy(logits.float(), data.train_y[index])
-            penalty = sum(w.pow(2).sum() for w in weights.values())
-            optimizer.zero_grad(set_to_none=True)
-            (loss + 0.5 * weight_decay * penalty).backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-        mean_loss = loss_sum.item() / steps_per_epoch
-        log.info("curve epoch %d/%d: mean train loss along the curve %.4f", epoch + 1, epochs,
-                 mean_loss)
-        if not math.isfinite(mean_loss):
-            log.warning("curve training diverged (loss %s at epoch %d, lr %g); the interior of "
-                        "the curve will measure NaN", mean_loss, epoch + 1, lr)
+    losses = torch.empty(steps, device=device)
+    order = torch.empty(0, dtype=torch.long, device=device)
+    for step in range(steps):
+        position = step % batches_per_shuffle
+        if position == 0:
+            order = torch.randperm(n, generator=generator, device=device)
+        for group in optimizer.param_groups:
+            group["lr"] = curve_learning_rate(lr, step / steps)
+        index = order[position * batch_size:(position + 1) * batch_size]
+        images = data.train_x[index]
+        if augment is not None:
+            images = augment(images, generator)
+        t = torch.rand((), generator=generator, device=device)
+        weights = bezier_point(start, middle, end, t)
+        logits = functional_call(net, weights, (data.normalize(images),))
+        loss = F.cross_entropy(logits.float(), data.train_y[index])
+        penalty = sum(w.pow(2).sum() for w in weights.values())
+        optimizer.zero_grad(set_to_none=True)
+        (loss + 0.5 * weight_decay * penalty).backward()
+        optimizer.step()
+        losses[step] = loss.detach()
+    history = losses.tolist()
+    log.info("curve training: %d steps, mean loss along the curve %.4f over the first 10%%, "
+             "%.4f over the last", steps, float(np.mean(history[:max(steps // 10, 1)])),
+             float(np.mean(history[-max(steps // 10, 1):])))
+    if not all(math.isfinite(value) for value in history):
+        log.warning("curve training diverged (non-finite loss, lr %g); the interior of the "
+                    "curve will measure NaN", lr)
+    return history
 
 
 def bezier_mode_connectivity(
@@ -202,7 +260,7 @@ def bezier_mode_connectivity(
     model_b: nn.Module,
     data: ImageData,
     *,
-    epochs: int = 10,
+    steps: int = REFERENCE_CURVE_STEPS,
     lr: float = 0.1,
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
@@ -214,14 +272,15 @@ def bezier_mode_connectivity(
 ) -> ModeConnectivityResult:
     """Train a Bezier curve between two models and measure mc on train/test error and loss.
 
-    Defaults are the reference's (PTMZ: 10 epochs, lr 0.1, momentum 0.9, L2 5e-4, batch 128,
-    5 points); ``epochs=0`` measures the straight line. ``augment`` (e.g. the zoo's
+    Defaults are the reference's (PTMZ: 10 CIFAR epochs = :data:`REFERENCE_CURVE_STEPS`
+    steps, lr 0.1, momentum 0.9, L2 5e-4, batch 128, 5 points); ``steps=0`` measures the
+    straight line. ``augment`` (e.g. the zoo's
     ``Augmentation``) applies to curve training only; ``seed`` fixes the shuffling, the t of
     each mini-batch and the augmentation. The models are not modified. Buffers other than
     BatchNorm running statistics (which are recomputed at every point) come from ``model_a``.
     """
-    if epochs < 0 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"need epochs >= 0, batch_size >= 1 and lr > 0; got epochs={epochs}, "
+    if steps < 0 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"need steps >= 0, batch_size >= 1 and lr > 0; got steps={steps}, "
                          f"batch_size={batch_size}, lr={lr}")
     if n_eval_points < 3:
         raise ValueError(f"n_eval_points must be at least 3 (both ends and an interior point), "
@@ -232,10 +291,12 @@ def bezier_mode_connectivity(
     middle = {name: ((start[name] + end[name]) / 2).requires_grad_() for name in start}
     net = copy.deepcopy(model_a).to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    if epochs > 0:
-        _train_curve(net, start, middle, end, data, epochs=epochs, lr=lr, momentum=momentum,
-                     weight_decay=weight_decay, batch_size=batch_size, augment=augment,
-                     generator=generator)
+    training = None
+    if steps > 0:
+        losses = _train_curve(net, start, middle, end, data, steps=steps, lr=lr,
+                              momentum=momentum, weight_decay=weight_decay,
+                              batch_size=batch_size, augment=augment, generator=generator)
+        training = CurveTraining.from_losses(losses)
 
     ts = np.linspace(0.0, 1.0, n_eval_points).tolist()
     curves: dict[str, list[float]] = {"train_error": [], "test_error": [], "train_loss": [],
@@ -262,5 +323,5 @@ def bezier_mode_connectivity(
     return ModeConnectivityResult(
         **{key: curve_connectivity(values) for key, values in curves.items()},
         t=ts, **{f"{key}_curve": values for key, values in curves.items()},
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, training=training,
     )
