@@ -1,4 +1,5 @@
-"""Every baseline on every task of embedded zoos: scores (mean ± std over seeds) and wall time.
+"""Every baseline on every task of embedded zoos: scores (mean over seeds with a 95% bootstrap
+interval over test grid points) and wall time.
 
 Run from the repository root (with the project's venv active)::
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -36,6 +36,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 
 from wslbench import leaderboard  # noqa: E402
 from wslbench.evaluate import EvaluationResult, evaluate
+from wslbench.intervals import format_score
 from wslbench.predictor import PREDICTORS, NotApplicableError, load_predictor_class
 from wslbench.paths import cache_dir
 from wslbench.splits import SPLITS, resolve_split
@@ -101,10 +102,8 @@ def run_one(baseline: str, task_name: str, zoo: Zoo, split_name: str, seeds: lis
 
 
 def cell(scores: dict, name: str) -> str:
-    if name not in scores:
-        return ""
-    mean, std = scores[name]["mean"], scores[name]["std"]
-    return "nan" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
+    """A result's score as ``wslbench evaluate`` prints it: value [95% interval]."""
+    return format_score(scores[name]) if name in scores else ""
 
 
 def paper_range(row_label: str, task: str) -> str:
@@ -149,7 +148,8 @@ def stored_rows() -> list[tuple[str, str, str, dict, float]]:
         split = entry.split.name
         label = entry.zoo.name + ("" if split == "iid" else f" ({split})")
         for task_name, task in entry.tasks.items():
-            scores = {name: {"mean": s.mean, "std": s.std} for name, s in task.scores.items()}
+            scores = {name: {"value": s.value, "std": s.std, "ci95": s.ci95}
+                      for name, s in task.scores.items()}
             key = (entry.zoo.name, split_order.get(split, len(split_order)), task_name,
                    order.get(entry.method.name, len(order)))
             keyed.append((key, (label, task_name, entry.method.name, scores, task.wall_time_s)))
@@ -159,16 +159,23 @@ def stored_rows() -> list[tuple[str, str, str, dict, float]]:
 def summary_table(rows: list[tuple[str, str, str, dict, float]]) -> str:
     """One line per zoo (and split) and task, one column per baseline: the README's table.
 
-    A cell is R² ± std over seeds / Kendall tau (accuracy ± std / macro-F1 for a
-    classification task); a baseline without an entry for the task shows a dash.
+    A cell is R² [95% interval over test grid points] / Kendall tau (accuracy [interval] /
+    macro-F1 for a classification task), or R² ± std over seeds for an entry of the old
+    schema 1 (no interval); a baseline without an entry for the task shows a dash.
     """
+    def number(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
     names = [b for b in BASELINES if any(row[2] == b for row in rows)]
     cells: dict[tuple[str, str], dict[str, str]] = {}
     for zoo, task, baseline, scores, _ in rows:
         main, second = (("accuracy", "macro_f1") if "accuracy" in scores else ("r2", "kendall_tau"))
+        first, ci95 = scores[main], scores[main]["ci95"]
+        spread = (f" [{ci95[0]:.2f}, {ci95[1]:.2f}]" if ci95 is not None
+                  else "" if first["value"] is None or first["std"] is None
+                  else f" ± {first['std']:.2f}")
         cells.setdefault((zoo, task), {})[baseline] = (
-            f"{scores[main]['mean']:.2f} ± {scores[main]['std']:.2f} / "
-            f"{scores[second]['mean']:.2f}")
+            f"{number(first['value'])}{spread} / {number(scores[second]['value'])}")
     lines = ["| zoo | task | " + " | ".join(names) + " | paper Table 1, linear probe R² |",
              "|---|---|" + "---|" * (len(names) + 1)]
     for (zoo, task), by_baseline in cells.items():
@@ -233,7 +240,7 @@ def main() -> None:
                     seconds = time.perf_counter() - started
                     rows.append((label, task, baseline, result, seconds))
                     summary = result if isinstance(result, str) else {
-                        k: round(v["mean"], 3) for k, v in result.scores.items()}
+                        k: format_score(v) for k, v in result.scores.items()}
                     print(f"{label} {task} {baseline}: {summary} ({seconds:.0f}s)", flush=True)
                     if args.write_leaderboard and not isinstance(result, str):
                         submit_baseline(result)

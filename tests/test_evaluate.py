@@ -71,8 +71,8 @@ def test_linear_probe_recovers_a_known_function_of_the_weights(tmp_path):
         target=lambda state: float(state["fc.weight"].max() + 0.5 * state["conv1.weight"].mean())))
     split = make_split(zoo, SPLITS.get("iid"))
     result = evaluate(load_predictor_class("linear-probe"), TASKS.get("test_acc"), zoo, split)
-    assert result.scores["r2"]["mean"] > 0.9
-    assert result.scores["kendall_tau"]["mean"] > 0.8
+    assert result.scores["r2"]["value"] > 0.9
+    assert result.scores["kendall_tau"]["value"] > 0.8
 
 
 def test_evaluate_records_predictions_and_provenance(tmp_path, tiny_zoo):
@@ -87,6 +87,18 @@ def test_evaluate_records_predictions_and_provenance(tmp_path, tiny_zoo):
     assert set(result["predictions"]) == {"0", "1"}
     assert set(result["predictions"]["0"]) == set(split.test)
     assert len(result["scores"]["r2"]["per_seed"]) == 2
+    # Every score with its interval (or why it has none), every test sample with its grid point.
+    assert result["schema_version"] == 2
+    assert set(result["scores"]["r2"]) == {"value", "ci95", "std", "per_seed",
+                                           "grid_point_means", "degenerate", "reason"}
+    assert result["grid_points"].keys() == result["predictions"]["0"].keys()
+    points = {zoo.model(name).grid_point for name in split.test}
+    assert len(set(result["grid_points"].values())) == len(points) == \
+        result["bootstrap"]["n_grid_points"]
+    assert result["bootstrap"]["resamples"] == 1000 and result["bootstrap"]["seed"] == 0
+    if len(points) == 1:  # the tiny zoo tests on one grid point: no interval, and why
+        assert result["scores"]["r2"]["ci95"] is None
+        assert result["scores"]["r2"]["reason"] == "1 test grid point"
     for key in ("package_version", "git_hash", "python", "torch", "hardware", "wall_time_s"):
         assert key in result["provenance"]
     json.dumps(result)  # numbers as numbers, all serializable
@@ -118,9 +130,13 @@ def test_cli_evaluates_a_user_predictor_from_a_file(tmp_path, tiny_zoo, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "r2" in printed and "kendall_tau" in printed
+    # One test grid point; a constant prediction has no rank correlation: the table says so.
+    assert "[no interval: 1 test grid point]" in printed
+    assert "n/a (constant predictions for seed 0)" in printed
+    assert "nan" not in printed
     result = json.loads(out.read_text())
     assert result["predictor"]["class"].endswith(":MeanOfTrain")
-    assert result["scores"]["r2"]["mean"] <= 0  # a constant has no skill
+    assert result["scores"]["r2"]["value"] <= 0  # a constant has no skill
 
 
 def test_cli_evaluates_a_module_path_and_reports_errors(tiny_zoo, capsys):

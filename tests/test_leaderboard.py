@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import write_published_zoo
+from helpers import write_published_zoo, write_synthetic_zoo
 from wslbench import leaderboard as lb
 from wslbench.evaluate import evaluate
 from wslbench.leaderboard_cli import main as cli
@@ -136,13 +136,13 @@ def test_a_tampered_score_fails(copy):
         data["tasks"]["test_acc"]["scores"]["r2"]["per_seed"][1] += 0.1
     edit(entry_file(copy), tamper)
     message = only_problem(copy)
-    assert "task 'test_acc': seed 1: stored r2" in message
+    assert "task 'test_acc': r2.per_seed: seed 1: stored" in message
     assert "recomputed from the predictions" in message
 
 
-def test_a_mean_that_does_not_follow_from_per_seed_fails(copy):
-    edit(entry_file(copy), lambda d: d["tasks"]["ggap"]["scores"]["kendall_tau"].update(mean=0.99))
-    assert "kendall_tau.mean 0.99 is not the mean of per_seed" in only_problem(copy)
+def test_a_value_that_does_not_follow_from_the_predictions_fails(copy):
+    edit(entry_file(copy), lambda d: d["tasks"]["ggap"]["scores"]["kendall_tau"].update(value=0.99))
+    assert "kendall_tau.value 0.99 differs from" in only_problem(copy)
 
 
 def test_a_wrong_split_hash_fails(copy):
@@ -294,9 +294,12 @@ def test_render_sorts_rows_by_the_main_score_and_escapes_names(board, results, t
     markdown, page = files[root / "README.md"], files[root / "index.html"]
 
     table = markdown.split("#### test_acc@v1")[1].split("\n\n")[2].splitlines()[2:]
-    means = [float(row.split("|")[3].split("±")[0]) for row in table]
-    assert [row.split("|")[1].strip() for row in table] == ["1", "2", "3"]
-    assert means == sorted(means, reverse=True)
+    values = [float(row.split("|")[3].split()[0]) for row in table]
+    assert values == sorted(values, reverse=True)
+    # The tiny zoo tests on one grid point: values without intervals, so no ranks at all.
+    assert [row.split("|")[1].strip() for row in table] == ["–", "–", "–"]
+    assert "[no interval: 1 test grid point]" in table[0]
+    assert "–: no interval of the main score (see its cell), so not ranked" in markdown
     assert "[norm-probe](../tests/test_leaderboard.py) ([paper](https://example.org/paper))" \
         in markdown
     assert "mean-guess *baseline*" in markdown
@@ -349,6 +352,192 @@ def test_render_check_tells_stale_tables(board, tmp_path, capsys):
     assert cli(["leaderboard", "render", "--leaderboard", str(root)]) == 0
     assert cli(["leaderboard", "render", "--check", "--leaderboard", str(root)]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def weight_signal(state) -> float:
+    """The synthetic zoo's test_acc as a function of the weights."""
+    return float(state["fc.weight"].max() + 0.5 * state["conv1.weight"].mean())
+
+
+class NoisySignal(Predictor):
+    """The target's own function of the weights plus noise: good."""
+
+    name = "noisy-signal"
+    offset = 0
+
+    def fit(self, train, train_targets, val, val_targets) -> None:
+        pass
+
+    def predict(self, models) -> np.ndarray:
+        noise = np.random.default_rng([self.offset, self.seed]).normal(scale=0.1,
+                                                                       size=len(models))
+        return np.array([weight_signal(m.state_dict()) for m in models]) + noise
+
+
+class OtherNoise(NoisySignal):
+    """As good as NoisySignal, with other noise (some other draws happen to fit these six
+    test grid points significantly better: a paired bootstrap over grid points takes the
+    predictions as given)."""
+
+    name = "other-noise"
+    offset = 2
+
+
+@pytest.fixture(scope="module")
+def ranked(tmp_path_factory) -> Path:
+    """A leaderboard on a synthetic zoo that tests on 6 grid points (2 seeds each): two
+    equally good methods and a clearly worse one, on test_acc."""
+    folder = tmp_path_factory.mktemp("ranked")
+    root = folder / "leaderboards"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WSLBENCH_CACHE", str(folder / "cache"))
+        zoo = Zoo.open(write_synthetic_zoo(folder / "zoo", n_points=40, seeds=(0, 1),
+                                           target=weight_signal))
+        split, _ = resolve_split(zoo, "iid")
+        for predictor in (NoisySignal, OtherNoise, MeanGuess):
+            result = evaluate(predictor, TASKS.get("test_acc"), zoo, split, seeds=(0, 1))
+            lb.submit([result.to_json()], root)
+    return root
+
+
+def ranked_entry(root: Path, method: str) -> Path:
+    (revision,) = (root / "entries" / "synthetic-test").iterdir()
+    return revision / "iid" / f"{method}.json"
+
+
+def test_entries_store_intervals_and_grid_points(ranked):
+    entry = lb.Entry.from_json(json.loads(ranked_entry(ranked, "noisy-signal").read_text()))
+    task = entry.tasks["test_acc"]
+    assert entry.schema_version == 2
+    assert task.bootstrap.n_grid_points == 6 and task.bootstrap.resamples == 1000
+    assert set(task.grid_points) == set(task.predictions["0"])
+    assert len(set(task.grid_points.values())) == 6
+    r2 = task.scores["r2"]
+    assert r2.ci95[0] <= r2.value <= r2.ci95[1] and r2.reason is None
+    assert lb.validate(ranked) and problems(ranked) == {}
+
+
+def test_render_ranks_only_significant_differences(ranked):
+    markdown = lb.render(ranked)[ranked / "README.md"]
+    table = markdown.split("#### test_acc@v1")[1].split("\n\n")[2].splitlines()[2:]
+    cells = [[c.strip() for c in row.split("|")[1:-1]] for row in table]
+    # The two equally good methods: the top one ranked, the other not told apart from it;
+    # the constant guess is significantly worse than both.
+    assert [c[0] for c in cells] == ["**1**", "≈ top (n.s.)", "3"]
+    assert {cells[0][1], cells[1][1]} == {"noisy-signal", "other-noise"}
+    assert cells[2][1] == "mean-guess"
+    assert cells[0][2].startswith("**") and "[" in cells[0][2]  # value [interval], in bold
+    assert not cells[1][2].startswith("**")
+    assert cells[2][3] == "n/a (constant predictions for seeds 0, 1)"
+    assert "≈ top (n.s.): the 95% interval of the paired bootstrap difference" in markdown
+    page = lb.render(ranked)[ranked / "index.html"]
+    assert page.count('class="entry rank-1"') == 1 and 'class="entry tied-top"' in page
+
+
+def test_a_tampered_interval_fails(ranked, tmp_path):
+    root = Path(shutil.copytree(ranked, tmp_path / "leaderboards"))
+    path = ranked_entry(root, "other-noise")
+    edit(path, lambda d: d["tasks"]["test_acc"]["scores"]["r2"]["ci95"].__setitem__(0, 0.99))
+    found = problems(root)
+    assert list(found) == [str(path.relative_to(root))]
+    assert "task 'test_acc': r2.ci95 [0.99, " in found[str(path.relative_to(root))][0]
+    assert "bootstrap interval over grid points recomputed" in found[
+        str(path.relative_to(root))][0]
+
+
+def test_grid_points_and_bootstrap_settings_are_checked(ranked, tmp_path):
+    root = Path(shutil.copytree(ranked, tmp_path / "leaderboards"))
+    path = ranked_entry(root, "noisy-signal")
+
+    def one_grid_point(data):  # all samples in one grid point: a narrower-looking claim
+        points = data["tasks"]["test_acc"]["grid_points"]
+        data["tasks"]["test_acc"]["grid_points"] = {k: "0" * 16 for k in points}
+    edit(path, one_grid_point)
+    assert "grid_points of 12 samples are not the reference's" in " ".join(
+        problems(root)[str(path.relative_to(root))])
+
+    shutil.copy(ranked_entry(ranked, "noisy-signal"), path)
+    edit(path, lambda d: d["tasks"]["test_acc"]["bootstrap"].update(resamples=50))
+    assert "are not the benchmark's" in " ".join(problems(root)[str(path.relative_to(root))])
+
+
+def test_schema_1_entries_and_references_still_validate_and_render(ranked, tmp_path,
+                                                                  monkeypatch):
+    root = Path(shutil.copytree(ranked, tmp_path / "leaderboards"))
+    (reference,) = (root / "zoos").rglob("*.json")
+
+    def to_schema_1(data):
+        data["schema_version"] = 1
+        for task in data["tasks"].values():
+            for name, stats in task["scores"].items():
+                per_seed = [np.nan if v is None else v for v in stats["per_seed"]]
+                task["scores"][name] = {"mean": float(np.mean(per_seed)),
+                                        "std": float(np.std(per_seed)), "per_seed": per_seed}
+            del task["grid_points"], task["bootstrap"]
+    path = ranked_entry(root, "other-noise")
+    edit(path, to_schema_1)
+    checked = {c.path: c for c in lb.validate(root)}
+    assert not checked[path].problems and "old entry schema 1" in checked[path].note
+    markdown = lb.render(root)[root / "README.md"]
+    row = next(r for r in markdown.splitlines() if "other-noise" in r)
+    assert row.startswith("| – (v1) |") and " ± " in row
+    assert "| ≈ top (n.s.) |" not in markdown  # the other good method is not compared
+    # A rerun of all its tasks replaces a schema-1 entry; a result cannot be merged into one
+    # whose other tasks would stay without intervals.
+    rerun = _result_of(ranked_entry(ranked, "other-noise"))
+    lb.submit([rerun], root)
+    assert json.loads(path.read_text())["schema_version"] == 2
+    edit(path, to_schema_1)
+    edit(path, lambda d: d["tasks"].update(ggap=d["tasks"]["test_acc"]))
+    with pytest.raises(lb.LeaderboardError, match="its tasks ggap would stay so"):
+        lb.submit([rerun], root)
+    path.unlink()
+    shutil.copy(ranked_entry(ranked, "other-noise"), path)
+
+    # A reference of schema 1 (no grid points) validates, its schema-2 entries do not; the
+    # zoo's add-zoo upgrades it.
+    def reference_to_schema_1(data):
+        data.pop("grid_points")
+        data["schema_version"] = 1
+        data["sha256"] = lb.Reference.from_json(data).content_hash()
+    edit(reference, reference_to_schema_1)
+    found = problems(root)
+    assert str(reference.relative_to(root)) not in found
+    assert "holds no grid points of split 'iid' (reference schema 1)" in " ".join(
+        found[str(ranked_entry(root, "noisy-signal").relative_to(root))])
+    monkeypatch.setenv("WSLBENCH_CACHE", str(tmp_path / "cache"))
+    zoo = Zoo.open(ranked.parent / "zoo")
+    lb.add_zoo(root, zoo, splits=["iid"], tasks=["test_acc"])
+    assert lb.load_reference(reference).schema_version == 2
+    assert problems(root, zoos=[zoo]) == {}
+
+
+def _result_of(entry_path: Path) -> dict:
+    """The result an entry's test_acc came from, as far as submit reads it."""
+    data = json.loads(entry_path.read_text())
+    stored = data["tasks"]["test_acc"]
+    return {"predictor": {"name": data["method"]["name"], "class": data["method"]["predictor"]},
+            "task": {"name": "test_acc", "version": 1, "main_score": "r2"},
+            "zoo": {"name": data["zoo"]["name"], "path": "/nowhere",
+                    "revision": data["zoo"]["revision"]},
+            "split": data["split"], "seeds": stored["seeds"], "scores": stored["scores"],
+            "predictions": stored["predictions"], "grid_points": stored["grid_points"],
+            "bootstrap": stored["bootstrap"],
+            "provenance": {**data["provenance"], "started": data["provenance"]["date"]}}
+
+
+def test_submit_refuses_a_result_of_schema_1(results, tmp_path):
+    data = json.loads(results["mean-guess", "ggap"].read_text())
+    data["schema_version"] = 1
+    for key in ("grid_points", "bootstrap"):
+        del data[key]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    with pytest.raises(lb.LeaderboardError, match="result schema 1, not 2 .*no grid points"):
+        lb.load_result(old)
 
 
 # --------------------------------------------------------------------------- committed

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from wslbench import leaderboard as lb
+from wslbench.intervals import format_score
 from wslbench.tasks import get_task
 
 pytestmark = pytest.mark.browser
@@ -81,26 +82,37 @@ def page(tmp_path) -> Path:
     return root / "index.html"
 
 
-def test_the_page_shows_every_entry_in_rank_order(page, tmp_path):
+def test_the_page_shows_every_entry_in_order_and_ranks_only_the_top(page, tmp_path):
     dom = chromium(tmp_path, "--dump-dom", page.as_uri()).stdout
     assert "<title>wslbench leaderboard</title>" in dom
     parser = Tables()
     parser.feed(dom)
 
-    expected: dict[tuple[str, ...], list[tuple[float, str, str]]] = {}
+    expected: dict[tuple[str, ...], list[tuple[tuple, str, str, bool]]] = {}
     for entry in lb.load_entries(page.parent):
         for name, task in entry.tasks.items():
             key = (entry.zoo.name, entry.zoo.revision[:16], entry.split.name,
                    lb.task_key(name, task.version))
             main = task.scores[task.main_score]
-            better_first = -main.mean if get_task(key[3]).higher_is_better else main.mean
-            expected.setdefault(key, []).append(
-                (better_first, entry.method.name, f"{main.mean:.3f} ± {main.std:.3f}"))
+            legacy = task.bootstrap is None  # entry schema 1: mean ± std, never ranked
+            if main.value is None:
+                order, cell = (1, 0.0), "n/a" if legacy else format_score(main.to_json())
+            else:
+                order = (0, -main.value if get_task(key[3]).higher_is_better else main.value)
+                cell = (f"{main.value:.3f} ± {main.std:.3f}" if legacy
+                        else format_score(main.to_json()))
+            expected.setdefault(key, []).append((order, entry.method.name, cell, legacy))
     assert set(parser.tables) == set(expected)
     for key, rows in parser.tables.items():
-        ranked = [(str(i + 1), method, cell) for i, (_, method, cell) in
-                  enumerate(sorted(expected[key]))]
-        assert rows == ranked, key
+        ordered = sorted(expected[key])
+        assert [(method, cell) for _, method, cell in rows] == [
+            (method, cell) for _, method, cell, _ in ordered], key
+        ranks = [rank for rank, _, _ in rows]
+        for rank, (*_, legacy) in zip(ranks, ordered):
+            assert rank == "– (v1)" if legacy else (
+                rank in ("1", "≈ top (n.s.)", "–") or rank.isdigit()), (key, rank)
+        ranked = [r for r in ranks if not r.startswith("–")]
+        assert ranked.count("1") == (1 if ranked else 0) and ranked[:1] in ([], ["1"]), key
 
 
 def test_the_page_takes_a_screenshot(page, tmp_path):

@@ -67,14 +67,23 @@ def _release_place(record) -> str:
 
 
 def format_scores(rows: list[tuple[str, str, dict]]) -> str:
-    """A text table: predictor, task, then mean ± std of each score."""
+    """A text table: predictor, task, then each score as its value (mean over seeds) and 95 %
+    bootstrap interval over test grid points, with footnotes for the marks used."""
+    from wslbench.intervals import FOOTNOTES, format_score
+
     names = sorted({score for _, _, scores in rows for score in scores})
-    header = f"{'model':<16} {'task':<18} " + " ".join(f"{n:>17}" for n in names)
+    cells = [[format_score(scores[n]) if n in scores else "" for n in names]
+             for _, _, scores in rows]
+    widths = [max([len(n)] + [len(row[i]) for row in cells]) for i, n in enumerate(names)]
+    header = f"{'model':<16} {'task':<18} " + " ".join(
+        f"{n:>{w}}" for n, w in zip(names, widths))
     lines = [header, "-" * len(header)]
-    for model, task, scores in rows:
-        cells = " ".join(f"{scores[n]['mean']:>8.3f} ± {scores[n]['std']:<6.3f}" if n in scores
-                         else f"{'':>17}" for n in names)
-        lines.append(f"{model:<16} {task:<18} {cells}")
+    for (model, task, _), row in zip(rows, cells):
+        lines.append(f"{model:<16} {task:<18} " + " ".join(
+            f"{c:>{w}}" for c, w in zip(row, widths)))
+    lines.append("value: mean over seeds [95% bootstrap interval over test grid points]")
+    used = "".join(c for row in cells for c in row)
+    lines += [f"{mark} {text}" for mark, text in FOOTNOTES.items() if mark in used]
     return "\n".join(lines)
 
 
@@ -134,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a split name (see `wslbench ls splits`) or a split .json file")
     ev.add_argument("--test-zoo", help="the zoo to test on, for the cross-zoo split")
     ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                    help="predictor training seeds (scores are mean ± std over them)")
+                    help="predictor training seeds (scores are means over them, with a 95%% "
+                         "bootstrap interval over test grid points)")
     ev.add_argument("--device", help="passed to predictors that take a device, e.g. cuda")
     ev.add_argument("--output", help="write the result JSON (with per-model predictions) here")
     ev.set_defaults(run=cmd_evaluate)

@@ -21,6 +21,14 @@ import torch
 
 import wslbench
 from wslbench import zoo_format as fmt
+from wslbench.intervals import (
+    RESAMPLES,
+    TestPart,
+    bootstrap_info,
+    degenerate_warning,
+    grid_point_id,
+    score_task,
+)
 from wslbench.paths import cache_dir
 from wslbench.predictor import ModelSample, instantiate
 from wslbench.splits import PARTS, Split
@@ -28,7 +36,9 @@ from wslbench.tasks import Score, Task, TaskKind
 from wslbench.zoo import ModelRecord, Zoo
 
 log = logging.getLogger(__name__)
-RESULT_SCHEMA_VERSION = 1
+#: 2: scores carry a value and a 95 % bootstrap interval over test grid points, and the
+#: result records each test sample's grid point (see :mod:`wslbench.intervals`).
+RESULT_SCHEMA_VERSION = 2
 
 
 def score(name: Score, targets: np.ndarray, predictions: np.ndarray) -> float:
@@ -55,7 +65,14 @@ def score(name: Score, targets: np.ndarray, predictions: np.ndarray) -> float:
 
 @dataclass
 class EvaluationResult:
-    """The result JSON: scores, per-model predictions, and where every input came from."""
+    """The result JSON: scores, per-model predictions, and where every input came from.
+
+    ``scores`` maps each of the task's scores to ``{"value", "ci95", "std", "per_seed",
+    "grid_point_means", "degenerate", "reason"}`` (:class:`wslbench.intervals.ScoreInterval`:
+    the mean over seeds, its 95 % bootstrap interval over test grid points or null, ...);
+    ``predictions`` maps each seed to ``{sample id: prediction}``, ``grid_points`` each
+    sample id to its grid point's id, and ``bootstrap`` records the bootstrap's settings.
+    """
 
     predictor: dict[str, Any]
     task: dict[str, Any]
@@ -64,6 +81,8 @@ class EvaluationResult:
     seeds: list[int]
     scores: dict[str, dict[str, Any]]
     predictions: dict[str, dict[str, float]]
+    grid_points: dict[str, str]
+    bootstrap: dict[str, Any]
     provenance: dict[str, Any]
     schema_version: int = RESULT_SCHEMA_VERSION
 
@@ -224,7 +243,7 @@ def evaluate(predictor_class: type, task: Task, zoo: Zoo, split: Split,
     targets = {part: task.as_array(i.target for i in items[part]) for part in PARTS}
     test_ids = [item.sample_id for item in items["test"]]
 
-    per_seed: dict[str, list[float]] = {s.value: [] for s in task.scores}
+    predicted_by_seed: dict[int, np.ndarray] = {}
     predictions: dict[str, dict[str, float]] = {}
     with CheckpointStage() as stage:
         inputs = {part: samples(items[part], task, (test_zoo if part == "test" and test_zoo
@@ -243,11 +262,14 @@ def evaluate(predictor_class: type, task: Task, zoo: Zoo, split: Split,
                                  f"{len(targets['test'])} test models")
             as_json = str if task.kind is TaskKind.CLASSIFICATION else float
             predictions[str(seed)] = {i: as_json(v) for i, v in zip(test_ids, predicted)}
-            for name in task.scores:
-                per_seed[name.value].append(score(name, targets["test"], predicted))
+            predicted_by_seed[seed] = predicted
 
-    scores = {name: {"mean": float(np.mean(values)), "std": float(np.std(values)),
-                     "per_seed": values} for name, values in per_seed.items()}
+    grid_points = {item.sample_id: grid_point_id(item.model.grid_point)
+                   for item in items["test"]}
+    part = TestPart(test_ids, list(targets["test"]), [grid_points[i] for i in test_ids])
+    scores = {name: stats.to_json() for name, stats in
+              score_task(task.scores, part, predicted_by_seed).items()}
+    _warn_about(scores, task, split)
     zoo_info = {"name": zoo.name, "path": str(zoo.root), "revision": zoo.revision,
                 "n_models": len(zoo)}
     if test_zoo is not None:
@@ -265,6 +287,8 @@ def evaluate(predictor_class: type, task: Task, zoo: Zoo, split: Split,
         seeds=list(seeds),
         scores=scores,
         predictions=predictions,
+        grid_points=grid_points,
+        bootstrap=bootstrap_info(part),
         provenance={
             "package_version": wslbench.__version__, "git_hash": git_hash(),
             "python": platform.python_version(), "torch": torch.__version__,
@@ -272,6 +296,17 @@ def evaluate(predictor_class: type, task: Task, zoo: Zoo, split: Split,
             "wall_time_s": round(time.perf_counter() - clock, 3),
         },
     )
+
+
+def _warn_about(scores: dict[str, dict[str, Any]], task: Task, split: Split) -> None:
+    """Log the scores without a value or interval, and those with many degenerate resamples."""
+    for name, stats in scores.items():
+        if stats["reason"] is not None:
+            log.warning("%s on split '%s': %s %s", task.name, split.name, name, stats["reason"])
+        if degenerate_warning(stats):
+            log.warning("%s on split '%s': %s: %d of %d bootstrap resamples were degenerate "
+                        "and skipped", task.name, split.name, name, stats["degenerate"],
+                        RESAMPLES)
 
 
 def git_hash() -> str | None:

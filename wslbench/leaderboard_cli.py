@@ -56,8 +56,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         else:
             print(f"ok   {shown} ({item.note})")
     n_refs = sum(c.kind == "reference" for c in checked)
+    old = sum("old entry schema 1" in c.note for c in checked)
     print(f"checked {n_refs} zoo references and {len(checked) - n_refs} entries: "
-          + (f"{failed} failed" if failed else "all valid"))
+          + (f"{failed} failed" if failed else "all valid")
+          + (f"; {old} entries in the old schema 1 have no intervals" if old else ""))
     return 1 if failed else 0
 
 

@@ -15,8 +15,9 @@ Layout of a leaderboard folder (``leaderboards/`` in the repository)::
                                            predictions
     README.md, index.html                  the rendered tables
 
-Validation trusts no claimed number: it recomputes every score of every seed from the stored
-predictions and the reference's targets. A reference is checked against its own sha256, and
+Validation trusts no claimed number: it recomputes every score of every seed, and its 95 %
+bootstrap interval over test grid points (:mod:`wslbench.intervals`), from the stored
+predictions and the reference's targets and grid points. A reference is checked against its own sha256, and
 against the zoo itself when a zoo of that revision is at hand. Every check returns a list of
 problems (strings that name the file, the field and the fix) rather than raising, so that one
 run reports everything that is wrong.

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import re
 
-ENTRY_SCHEMA_VERSION = 1
-REFERENCE_SCHEMA_VERSION = 1
+#: 2: scores carry a 95 % bootstrap interval over test grid points, tasks record each
+#: sample's grid point; entries and references of schema 1 are still read and validated.
+ENTRY_SCHEMA_VERSION = 2
+#: 2: references hold each split's test models' grid points.
+REFERENCE_SCHEMA_VERSION = 2
 #: Stored and recomputed scores agree to this relative tolerance (plus a tiny absolute one,
 #: for scores that are exactly zero).
 REL_TOL, ABS_TOL = 1e-9, 1e-12

@@ -1,5 +1,5 @@
-"""Checking entries (every score re-computed from the stored predictions) and validating
-a whole leaderboard folder."""
+"""Checking entries (every score and its interval re-computed from the stored predictions)
+and validating a whole leaderboard folder."""
 
 from __future__ import annotations
 
@@ -10,6 +10,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from wslbench.intervals import (
+    CONFIDENCE,
+    RESAMPLES,
+    SEED,
+    Bootstrap,
+    ScoreInterval,
+    TestPart,
+    bootstrap_info,
+    score_task,
+)
 from wslbench.leaderboard.common import (
     ENTRY_SCHEMA_VERSION,
     REPO_PATH,
@@ -20,6 +30,7 @@ from wslbench.leaderboard.layout import (
     entry_path,
     first_few,
     read_json,
+    sample_model,
     scores_agree,
     slug,
     task_key,
@@ -27,6 +38,8 @@ from wslbench.leaderboard.layout import (
 from wslbench.leaderboard.references import check_reference, load_reference
 from wslbench.leaderboard.schema import (
     Entry,
+    LegacyEntry,
+    LegacyTaskResult,
     Method,
     Reference,
     SchemaError,
@@ -34,17 +47,22 @@ from wslbench.leaderboard.schema import (
 )
 from wslbench.tasks import TASK_VERSIONS, Score, get_task
 
+#: What ``validate`` says of an entry of schema 1 that passes its checks.
+LEGACY_NOTE = ("old entry schema 1: no grid points, so no 95% intervals; rerun and resubmit "
+               "for them")
+
 
 def check_entry(data: Any, references: Mapping[str, Reference],
                 location: Path | None = None, root: Path | None = None) -> list[str]:
     """Problems of one entry (parsed JSON): schema, place, hashes, and every score re-scored
     from the predictions against the reference's targets. ``references`` by zoo revision."""
+    legacy = isinstance(data, dict) and data.get("schema_version") == 1
     try:
-        entry = Entry.from_json(data)
+        entry = LegacyEntry.from_json(data) if legacy else Entry.from_json(data)
     except SchemaError as err:
         return [str(err)]
     problems = []
-    if entry.schema_version != ENTRY_SCHEMA_VERSION:
+    if entry.schema_version not in (1, ENTRY_SCHEMA_VERSION):
         problems.append(f"schema_version {entry.schema_version} is not {ENTRY_SCHEMA_VERSION}")
     problems += _check_method(entry.method)
     if location is not None and root is not None:
@@ -92,6 +110,26 @@ def check_entry(data: Any, references: Mapping[str, Reference],
     return problems
 
 
+def rescore(task: TaskResult, targets: Mapping[str, float | str],
+            grid_points: Mapping[str, str], scores: Sequence[str] | None = None
+            ) -> dict[str, ScoreInterval]:
+    """The scores of ``task`` (default: all) with their intervals, recomputed from its stored
+    predictions, the true ``targets`` and the ``grid_points`` of the samples (both by sample
+    id). Each keeps its bootstrap replicates, for paired tests."""
+    part = scored_part(targets, grid_points)
+    predictions = {seed: np.array([task.predictions[str(seed)][i] for i in part.ids],
+                                  dtype=object if part.labels else np.float64)
+                   for seed in task.seeds}
+    return score_task([Score(s) for s in (task.scores if scores is None else scores)], part,
+                      predictions)
+
+
+def scored_part(targets: Mapping[str, float | str], grid_points: Mapping[str, str]) -> TestPart:
+    """The test part of a task on a split: samples in sorted order of their ids."""
+    ids = sorted(targets)
+    return TestPart(ids, [targets[i] for i in ids], [grid_points[i] for i in ids])
+
+
 def _check_method(method: Method) -> list[str]:
     problems = []
     try:
@@ -110,7 +148,8 @@ def _check_method(method: Method) -> list[str]:
     return problems
 
 
-def _check_task(name: str, task: TaskResult, reference: Reference, split: str) -> list[str]:
+def _check_task(name: str, task: TaskResult | LegacyTaskResult, reference: Reference,
+                split: str) -> list[str]:
     key = task_key(name, task.version)
     if key not in TASK_VERSIONS:
         released = [k for k in TASK_VERSIONS.names() if k.startswith(f"{name}@v")]
@@ -140,7 +179,6 @@ def _check_task(name: str, task: TaskResult, reference: Reference, split: str) -
 
     broken = []
     labels = all(isinstance(v, str) for v in targets.values())
-    recomputed: dict[str, list[float | None]] = {s: [] for s in task.scores}
     for seed in task.seeds:
         predicted = task.predictions[str(seed)]
         unknown, missing = set(predicted) - set(targets), set(targets) - set(predicted)
@@ -155,23 +193,110 @@ def _check_task(name: str, task: TaskResult, reference: Reference, split: str) -
             broken.append(f"seed {seed}: predictions must be "
                           f"{'labels (strings)' if labels else 'numbers'}, e.g. for "
                           f"'{mistyped[0]}'")
-        if broken:
-            continue
-        ids = sorted(targets)
-        dtype = object if labels else np.float64
-        y_true = np.array([targets[i] for i in ids], dtype=dtype)
-        y_pred = np.array([predicted[i] for i in ids], dtype=dtype)
-        for score_name in task.scores:
-            recomputed[score_name].append(_score(score_name, y_true, y_pred))
+    unknown_scores = [s for s in task.scores if s not in {x.value for x in Score}]
+    if unknown_scores:
+        broken.append(f"'{unknown_scores[0]}' is not a known score "
+                      f"({', '.join(s.value for s in Score)})")
     if broken:
         return problems + broken
+    if isinstance(task, LegacyTaskResult):
+        return problems + _check_legacy_scores(task, targets, labels)
+    return problems + _check_scores(task, targets, reference, split)
 
+
+def _check_scores(task: TaskResult, targets: Mapping[str, float | str], reference: Reference,
+                  split: str) -> list[str]:
+    """Grid points against the reference's, then every score and its interval recomputed
+    from the predictions (schema 2)."""
+    if task.grid_points is None or task.bootstrap is None:
+        return [f"grid_points and bootstrap must be given (entry schema {ENTRY_SCHEMA_VERSION})"]
+    stored = (reference.grid_points or {}).get(split)
+    if stored is None:
+        return [f"the reference of zoo '{reference.zoo.name}' holds no grid points of split "
+                f"'{split}' (reference schema {reference.schema_version}) to check the "
+                f"entry's against; run `wslbench leaderboard add-zoo ZOO_PATH --split {split}` "
+                "where the zoo is"]
+    if set(task.grid_points) != set(targets):
+        odd = set(task.grid_points) ^ set(targets)
+        return [f"grid_points must name exactly the test samples; {len(odd)} differ: "
+                f"{first_few(odd)}"]
+    split_data = reference.splits[split]
+    truth = {i: stored.get(sample_model(i, split_data)) for i in targets}
+    wrong = [i for i in targets if task.grid_points[i] != truth[i]]
+    if wrong:
+        return [f"grid_points of {len(wrong)} samples are not the reference's: "
+                f"{first_few(wrong)}"]
+    settings = (task.bootstrap.unit, task.bootstrap.method, task.bootstrap.resamples,
+                task.bootstrap.seed, task.bootstrap.confidence)
+    standard = Bootstrap()
+    if settings != ("grid_point", "percentile", standard.resamples, standard.seed,
+                    standard.confidence):
+        return [f"bootstrap settings {settings} are not the benchmark's ('grid_point', "
+                f"'percentile', {RESAMPLES}, {SEED}, {CONFIDENCE}); evaluate with the "
+                "default bootstrap"]
+
+    problems = []
+    info = bootstrap_info(scored_part(targets, truth))
+    for field_name in ("n_grid_points", "targets_constant_within_grid_points"):
+        claimed = getattr(task.bootstrap, field_name)
+        if claimed != info[field_name]:
+            problems.append(f"bootstrap.{field_name} is {claimed!r}; the reference's grid "
+                            f"points give {info[field_name]!r}")
+    recomputed = rescore(task, targets, truth)
+    for score_name, stats in task.scores.items():
+        actual = recomputed[score_name]
+        problems += [f"{score_name}.{p}" for p in _compare(stats, actual, task.seeds)]
+    return problems
+
+
+def _compare(stats, actual: ScoreInterval, seeds: list[int]) -> list[str]:
+    """Where a stored score differs from the one recomputed from the predictions."""
+    def same(a, b) -> bool:
+        if a is None or b is None:
+            return a is None and b is None
+        return scores_agree(float(a), float(b))
+
+    problems = []
+    if len(stats.per_seed) != len(seeds):
+        return [f"per_seed has {len(stats.per_seed)} values for {len(seeds)} seeds"]
+    for seed, claimed, value in zip(seeds, stats.per_seed, actual.per_seed):
+        if not same(claimed, value):
+            problems.append(f"per_seed: seed {seed}: stored {claimed!r} differs from {value!r} "
+                            "recomputed from the predictions")
+    for field_name in ("value", "std"):
+        claimed, value = getattr(stats, field_name), getattr(actual, field_name)
+        if not same(claimed, value):
+            problems.append(f"{field_name} {claimed!r} differs from {value!r} recomputed from "
+                            "the predictions")
+    if stats.ci95 is not None and len(stats.ci95) != 2:
+        problems.append(f"ci95 {stats.ci95!r} must be [low, high]")
+    elif (stats.ci95 is None) != (actual.ci95 is None) or (
+            stats.ci95 is not None and not all(map(same, stats.ci95, actual.ci95))):
+        shown = None if actual.ci95 is None else list(actual.ci95)
+        problems.append(f"ci95 {stats.ci95!r} differs from {shown!r}, the 95% bootstrap "
+                        "interval over grid points recomputed from the predictions")
+    for field_name in ("grid_point_means", "degenerate", "reason"):
+        claimed, value = getattr(stats, field_name), getattr(actual, field_name)
+        if claimed != value:
+            problems.append(f"{field_name} {claimed!r} differs from {value!r} recomputed from "
+                            "the predictions")
+    return problems
+
+
+def _check_legacy_scores(task: LegacyTaskResult, targets: Mapping[str, float | str],
+                         labels: bool) -> list[str]:
+    """Each seed's score, and mean and std over seeds, as entries of schema 1 store them."""
+    problems = []
+    recomputed: dict[str, list[float | None]] = {s: [] for s in task.scores}
+    ids = sorted(targets)
+    dtype = object if labels else np.float64
+    y_true = np.array([targets[i] for i in ids], dtype=dtype)
+    for seed in task.seeds:
+        y_pred = np.array([task.predictions[str(seed)][i] for i in ids], dtype=dtype)
+        for score_name in task.scores:
+            recomputed[score_name].append(_score(score_name, y_true, y_pred))
     for score_name, stats in task.scores.items():
         values = recomputed[score_name]
-        if any(v is None for v in values):
-            problems.append(f"'{score_name}' is not a known score "
-                            f"({', '.join(s.value for s in Score)})")
-            continue
         if len(stats.per_seed) != len(task.seeds):
             problems.append(f"{score_name}.per_seed has {len(stats.per_seed)} values for "
                             f"{len(task.seeds)} seeds")
@@ -231,7 +356,9 @@ def validate(root: Path, zoos: Sequence[Any] = ()) -> list[Checked]:
             zoo = next((z for z in zoos if z.revision == reference.zoo.revision), None)
             note = (f"{len(reference.splits)} split(s), {len(reference.targets)} task(s); "
                     + (f"targets recomputed from '{zoo.root}'" if zoo is not None
-                       else "sha256 checked (no zoo of this revision given)"))
+                       else "sha256 checked (no zoo of this revision given)")
+                    + ("; old reference schema 1: no grid points, add them with `wslbench "
+                       "leaderboard add-zoo ZOO_PATH`" if reference.grid_points is None else ""))
         checked.append(Checked(path, "reference", problems, note))
     for path in sorted((root / "entries").rglob("*.json")):
         try:
@@ -240,7 +367,10 @@ def validate(root: Path, zoos: Sequence[Any] = ()) -> list[Checked]:
             checked.append(Checked(path, "entry", [str(err)]))
             continue
         problems = check_entry(data, references, location=path, root=root)
-        note = "" if problems else f"{len(data['tasks'])} task(s) re-scored"
+        note = "" if problems else (
+            f"{len(data['tasks'])} task(s) re-scored; {LEGACY_NOTE}"
+            if data.get("schema_version") == 1 else
+            f"{len(data['tasks'])} task(s) re-scored with their 95% intervals")
         checked.append(Checked(path, "entry", problems, note))
     return checked
 

@@ -77,6 +77,25 @@ def task_applies(task: Task, split) -> bool:
     return split.part_epochs("test") is None or task.per_checkpoint
 
 
+def sample_model(sample_id: str, split_data: dict[str, Any]) -> str:
+    """The model a sample id of a split's test part belongs to: the id itself, or ``name``
+    of ``name@epoch`` on a split with given checkpoint epochs (the epochs split)."""
+    return sample_id.rpartition("@")[0] if split_data.get("epochs") else sample_id
+
+
+def test_grid_points(split, source) -> dict[str, str]:
+    """The grid point id of each test model of ``split``, from ``source`` (the zoo its test
+    models are in), by model name."""
+    from wslbench.intervals import grid_point_id
+
+    by_name = {m.name: m for m in source.models}
+    missing = [name for name in split.test if name not in by_name]
+    if missing:
+        raise LeaderboardError(f"split '{split.name}' tests on {len(missing)} models that zoo "
+                               f"'{source.root}' does not have, e.g. '{missing[0]}'")
+    return {name: grid_point_id(by_name[name].grid_point) for name in split.test}
+
+
 def scores_agree(a: float, b: float) -> bool:
     if math.isnan(a) or math.isnan(b):
         return math.isnan(a) and math.isnan(b)

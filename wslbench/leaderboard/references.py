@@ -14,6 +14,7 @@ from wslbench.leaderboard.layout import (
     reference_path,
     scores_agree,
     task_applies,
+    test_grid_points,
     true_targets,
 )
 from wslbench.leaderboard.schema import Reference, ZooInfo
@@ -45,7 +46,9 @@ def add_zoo(root: Path, zoo, splits: Sequence[str] = ("iid",),
     are names (newest version) or ``name@vN``. ``tasks=None`` takes the newest version of
     every task the zoo has test targets for; a task named explicitly without targets is an
     error. Targets already stored must equal the zoo's (a task that changed meaning needs a
-    new version, not a new reference).
+    new version, not a new reference). The reference also gets the grid points of each
+    split's test models (a reference of schema 1 is upgraded: stored splits get theirs where
+    their test models are at hand).
     """
     from wslbench.splits import resolve_split
 
@@ -57,9 +60,10 @@ def add_zoo(root: Path, zoo, splits: Sequence[str] = ("iid",),
                                    "delete it and run add-zoo again")
         stored_splits, stored_targets = dict(existing.splits), {
             k: dict(v) for k, v in existing.targets.items()}
+        stored_points = dict(existing.grid_points or {})
         name = existing.zoo.name
     else:
-        stored_splits, stored_targets, name = {}, {}, zoo.label
+        stored_splits, stored_targets, stored_points, name = {}, {}, {}, zoo.label
 
     for split_name in splits:
         split, _ = resolve_split(zoo, split_name, test_zoo)
@@ -70,6 +74,8 @@ def add_zoo(root: Path, zoo, splits: Sequence[str] = ("iid",),
                 f"'{split.name}' (sha256 {stored_splits[split.name]['sha256'][:12]}, this one "
                 f"{split.sha256[:12]}); give the new split file another name")
         stored_splits[split.name] = data
+        stored_points[split.name] = test_grid_points(split, test_zoo if split.test_zoo_revision
+                                                     else zoo)
         for task_name in tasks if tasks is not None else TASKS.names():
             task = get_task(task_name)
             if tasks is None and not task_applies(task, split):
@@ -89,9 +95,17 @@ def add_zoo(root: Path, zoo, splits: Sequence[str] = ("iid",),
                     f"differ from zoo '{zoo.root}': the task changed without a new version")
             stored_targets.setdefault(key, {})[split.name] = targets
 
+    for split_name, data in stored_splits.items():  # splits of a schema-1 reference
+        split = Split.from_json(data, source=f"split '{split_name}'")
+        source = zoo if split.test_zoo_revision is None else (
+            test_zoo if test_zoo is not None and test_zoo.revision == split.test_zoo_revision
+            else None)
+        if split_name not in stored_points and source is not None:
+            stored_points[split_name] = test_grid_points(split, source)
     reference = Reference(schema_version=REFERENCE_SCHEMA_VERSION,
                           zoo=ZooInfo(name=name, revision=zoo.revision, n_models=len(zoo)),
-                          splits=stored_splits, targets=stored_targets, sha256="")
+                          splits=stored_splits, targets=stored_targets, sha256="",
+                          grid_points=dict(sorted(stored_points.items())))
     reference = dataclasses.replace(reference, sha256=reference.content_hash())
     path = existing_path or reference_path(root, name, zoo.revision)
     fmt.atomic_write_json(path, reference.to_json())
@@ -112,9 +126,12 @@ def check_reference(path: Path, root: Path, zoos: Sequence[Any] = ()) -> list[st
     except LeaderboardError as err:
         return [str(err)]
     problems = []
-    if reference.schema_version != REFERENCE_SCHEMA_VERSION:
+    if reference.schema_version not in (1, REFERENCE_SCHEMA_VERSION):
         problems.append(f"schema_version {reference.schema_version} is not "
                         f"{REFERENCE_SCHEMA_VERSION}")
+    if (reference.grid_points is None) != (reference.schema_version == 1):
+        problems.append("grid_points must be given in reference schema "
+                        f"{REFERENCE_SCHEMA_VERSION} and only there")
     expected = reference_path(root, reference.zoo.name, reference.zoo.revision)
     if Path(path).resolve() != expected.resolve():
         problems.append(f"a reference of zoo '{reference.zoo.name}' revision "
@@ -149,6 +166,14 @@ def check_reference(path: Path, root: Path, zoos: Sequence[Any] = ()) -> list[st
             elif len({isinstance(v, str) for v in targets.values()}) > 1:
                 problems.append(f"targets of {key} on split '{split_name}' mix labels and "
                                 "numbers")
+    for split_name, points in (reference.grid_points or {}).items():
+        if split_name not in reference.splits:
+            problems.append(f"grid points of split '{split_name}', which the reference does "
+                            "not hold")
+        elif split_name in splits and set(points) != set(splits[split_name].test):
+            odd = set(points) ^ set(splits[split_name].test)
+            problems.append(f"grid points of split '{split_name}' must name exactly its test "
+                            f"models; {len(odd)} differ: {first_few(odd)}")
     if not problems and _zoo_of(zoos, reference.zoo.revision) is not None:
         problems += _against_zoo(reference, splits, zoos)
     return problems
@@ -179,6 +204,19 @@ def _against_zoo(reference: Reference, splits: Mapping[str, Any], zoos: Sequence
                 problems.append(f"split '{name}' is not the registered split made from the "
                                 f"zoo at '{zoo.root}' (sha256 {split.sha256[:12]}, made "
                                 f"{made.sha256[:12]})")
+    for split_name, points in (reference.grid_points or {}).items():
+        if split_name in usable:
+            source = test_zoos[split_name] or zoo
+            try:
+                actual = test_grid_points(usable[split_name], source)
+            except LeaderboardError as err:
+                problems.append(str(err))
+                continue
+            wrong = sorted(k for k in points if points[k] != actual.get(k))
+            if wrong:
+                problems.append(f"grid points of split '{split_name}' differ from the zoo at "
+                                f"'{source.root}' for {len(wrong)} models, e.g. "
+                                f"{first_few(wrong)}")
     for key, by_split in reference.targets.items():
         for split_name, stored in by_split.items():
             if split_name not in usable:

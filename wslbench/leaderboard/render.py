@@ -3,36 +3,49 @@
 from __future__ import annotations
 
 import html
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from wslbench import zoo_format as fmt
+from wslbench.intervals import FOOTNOTES, format_score, paired_difference
 from wslbench.leaderboard.common import SCORE_LABELS, URL
-from wslbench.leaderboard.entries import load_entries
+from wslbench.leaderboard.entries import load_entries, rescore
 from wslbench.leaderboard.layout import task_key
 from wslbench.leaderboard.references import load_reference
-from wslbench.leaderboard.schema import Entry, Method, Reference, ScoreStats, TaskResult
+from wslbench.leaderboard.schema import Entry, Method, Reference, TaskResult
 from wslbench.splits import SPLITS
 from wslbench.tasks import get_task
 
 
 @dataclass(frozen=True)
 class Row:
-    rank: int
+    """A table row: ``rank`` as the table shows it (``1`` for the top method only; ``≈ top
+    (n.s.)`` where the paired bootstrap does not tell it from the top; else 1 + the number of
+    methods significantly better; ``–`` unranked), and ``place``, its CSS class."""
+
+    rank: str
+    place: str
     entry: Entry
     task: TaskResult
 
+    @property
+    def legacy(self) -> bool:
+        """From an entry of schema 1: no grid points, no interval."""
+        return self.task.bootstrap is None
+
+
+TIED_WITH_TOP = "≈ top (n.s.)"
+UNRANKED, UNRANKED_LEGACY = "–", "– (v1)"
 
 Tables = dict[tuple[str, str], dict[str, dict[str, list[Row]]]]
 
 
-def _tables(entries: Sequence[Entry]) -> Tables:
+def _tables(entries: Sequence[Entry], references: Mapping[str, Reference]) -> Tables:
     """(zoo name, revision) -> split -> task version -> rows sorted by the main score (better
-    first, NaN last). Different zoo revisions or task versions never share a table; a zoo's
-    newest revision comes first."""
+    first, undefined last), ranked by :func:`_ranked`. Different zoo revisions or task
+    versions never share a table; a zoo's newest revision comes first."""
     grouped: dict[tuple[str, str], dict[str, dict[str, list[tuple[Entry, TaskResult]]]]] = {}
     for entry in entries:
         for name, task in entry.tasks.items():
@@ -49,12 +62,44 @@ def _tables(entries: Sequence[Entry]) -> Tables:
     for zoo in order:
         for split in sorted(grouped[zoo], key=_split_order):
             for key in sorted(grouped[zoo][split]):
-                higher = get_task(key).higher_is_better
-                ranked = sorted(grouped[zoo][split][key],
-                                key=lambda pair: _rank_key(*pair, higher))
-                tables.setdefault(zoo, {}).setdefault(split, {})[key] = [
-                    Row(i + 1, entry, task) for i, (entry, task) in enumerate(ranked)]
+                targets = references[zoo[1]].targets[key][split]
+                tables.setdefault(zoo, {}).setdefault(split, {})[key] = _ranked(
+                    grouped[zoo][split][key], key, targets)
     return tables
+
+
+def _ranked(pairs: Sequence[tuple[Entry, TaskResult]], key: str,
+            targets: Mapping[str, float | str]) -> list[Row]:
+    """The rows of one table, sorted by the main score, ranked so that no row claims to beat
+    another unless the paired bootstrap over test grid points says so: each pair of methods
+    with intervals is compared on the same resamples (the difference of their main scores on
+    each), and a difference is significant when its 95 % interval excludes 0."""
+    task_def = get_task(key)
+    higher, main = task_def.higher_is_better, task_def.main_score.value
+    ordered = sorted(pairs, key=lambda pair: _rank_key(*pair, higher))
+    tested = {}
+    for i, (_, task) in enumerate(ordered):
+        if task.bootstrap is not None and task.scores[main].ci95 is not None:
+            tested[i] = rescore(task, targets, task.grid_points, [main])[main]
+
+    def beats(i: int, j: int) -> bool:
+        difference = paired_difference(tested[i], tested[j], higher)
+        return difference is not None and difference.first_better
+
+    top = min(tested, default=None)
+    rows = []
+    for i, (entry, task) in enumerate(ordered):
+        if i not in tested:
+            rank, place = (UNRANKED_LEGACY if task.bootstrap is None else UNRANKED), "unranked"
+        elif i == top:
+            rank, place = "1", "rank-1"
+        elif not beats(top, i):
+            rank, place = TIED_WITH_TOP, "tied-top"
+        else:
+            above = 1 + sum(beats(j, i) for j in tested if j != i)
+            rank, place = str(above), f"rank-{above}"
+        rows.append(Row(rank, place, entry, task))
+    return rows
 
 
 def _split_order(name: str) -> tuple[int, str]:
@@ -75,14 +120,19 @@ def _split_about(split_data: Mapping) -> str:
 
 
 def _rank_key(entry: Entry, task: TaskResult, higher_is_better: bool) -> tuple:
-    mean = task.scores[task.main_score].mean
-    return (math.isnan(mean), -mean if higher_is_better else mean, entry.method.name)
+    value = task.scores[task.main_score].value
+    if value is None:
+        return (True, 0.0, entry.method.name)
+    return (False, -value if higher_is_better else value, entry.method.name)
 
 
-def _stats(stats: ScoreStats) -> str:
-    if math.isnan(stats.mean):
-        return "nan"
-    return f"{stats.mean:.3f} ± {stats.std:.3f}"
+def _stats(row: Row, score: str) -> str:
+    """A score cell: value and 95 % interval (:func:`wslbench.intervals.format_score`); mean
+    ± std over seeds for an entry of schema 1."""
+    stats = row.task.scores[score]
+    if row.legacy:
+        return "n/a" if stats.value is None else f"{stats.value:.3f} ± {stats.std:.3f}"
+    return format_score(stats.to_json())
 
 
 def _score_names(key: str) -> list[str]:
@@ -99,13 +149,38 @@ def _md(text: str) -> str:
 
 
 def _task_about(key: str, rows: Sequence[Row]) -> str:
-    """The line under a task's heading: what it predicts and how the table is ranked."""
+    """The line under a task's heading: what it predicts, how the table is ranked, and what
+    the numbers are."""
     task = get_task(key)
     main = task.main_score.value
+    label = f"{SCORE_LABELS.get(main, main)} ({'higher' if task.higher_is_better else 'lower'} " \
+            "is better)"
     n_test = len(next(iter(rows[0].task.predictions.values())))
-    return (f"{task.description}. Ranked by {SCORE_LABELS.get(main, main)} "
-            f"({'higher' if task.higher_is_better else 'lower'} is better) on {n_test} test "
-            "samples; mean ± std over seeds.")
+    tested = next((r.task for r in rows if not r.legacy), None)
+    if tested is None:
+        return (f"{task.description}. Sorted by {label} on {n_test} test samples; mean ± std "
+                "over seeds (entries of the old schema 1: no intervals, not ranked).")
+    n_points = len(set(tested.grid_points.values()))
+    return (f"{task.description}. Sorted by {label} on {n_test} test samples of {n_points} "
+            "grid points. Each score is the mean over seeds with its 95% bootstrap interval "
+            "over test grid points; a method ranks below another only where the paired "
+            "bootstrap of their difference excludes 0.")
+
+
+def _notes(rows: Sequence[Row], scores: Sequence[str]) -> list[str]:
+    """The footnotes a table needs: its score marks and rank cells, explained."""
+    cells = "".join(_stats(row, s) for row in rows for s in scores)
+    notes = [f"{mark} {text}" for mark, text in FOOTNOTES.items() if mark in cells]
+    ranks = {row.rank for row in rows}
+    if TIED_WITH_TOP in ranks:
+        notes.append(f"{TIED_WITH_TOP}: the 95% interval of the paired bootstrap difference "
+                     "to the top method contains 0, so the table cannot tell them apart")
+    if UNRANKED in ranks:
+        notes.append(f"{UNRANKED}: no interval of the main score (see its cell), so not ranked")
+    if UNRANKED_LEGACY in ranks and ranks != {UNRANKED_LEGACY}:  # else the about line says it
+        notes.append(f"{UNRANKED_LEGACY}: an entry of the old schema 1, whose predictions "
+                     "have no grid points: mean ± std over seeds, no interval, not ranked")
+    return notes
 
 
 def _zoo_heading(zoo: str, revision: str, tables: Tables) -> str:
@@ -122,10 +197,13 @@ def render_markdown(entries: Sequence[Entry], references: Mapping[str, Reference
     lines = [
         "# Leaderboards", "",
         "Results of weight-space predictors on the zoos, one table per zoo, split and task, "
-        "ranked by the task's main score. Every number here is recomputed by "
-        "`wslbench leaderboard validate` from the entry's stored per-model predictions and "
-        "the zoo's true targets. *baseline* marks the predictors of this repository. "
-        "The same tables as a web page: [index.html](index.html).", "",
+        "sorted by the task's main score. Every score is the mean over the predictor's seeds "
+        "with its 95% bootstrap interval over test grid points, `0.853 [0.79, 0.90]`; only "
+        "the top method is ranked first, and another method ranks below it only where a "
+        "paired bootstrap finds the difference significant (else *≈ top (n.s.)*). Every "
+        "number here is recomputed by `wslbench leaderboard validate` from the entry's stored "
+        "per-model predictions and the zoo's true targets. *baseline* marks the predictors "
+        "of this repository. The same tables as a web page: [index.html](index.html).", "",
         "Add a result:", "",
         "```bash",
         "wslbench evaluate MODEL --task TASK --zoo ZOO --output result.json",
@@ -137,7 +215,7 @@ def render_markdown(entries: Sequence[Entry], references: Mapping[str, Reference
         "`zoos/<zoo>/<revision>.json` (a zoo revision's splits and true test targets). "
         "See [docs/leaderboard.md](../docs/leaderboard.md).", "",
     ]
-    tables = _tables(entries)
+    tables = _tables(entries, references)
     for (zoo, revision), splits in tables.items():
         reference = references[revision]
         lines += [f"## {_md(_zoo_heading(zoo, revision, tables))}", "",
@@ -156,16 +234,22 @@ def render_markdown(entries: Sequence[Entry], references: Mapping[str, Reference
                           "|" + "|".join(["---:", "---"] + ["---:"] * len(scores)
                                          + ["---:", "---:", "---"]) + "|"]
                 for row in rows:
-                    cells = [str(row.rank), _md_method(row.entry.method)]
-                    lines.append("| " + " | ".join(cells + _cells(row, scores)) + " |")
-                lines.append("")
+                    cells = [row.rank, _md_method(row.entry.method)]
+                    after = _cells(row, scores)
+                    if row.place == "rank-1":  # the top method, and only it, in bold
+                        cells[0] = f"**{cells[0]}**"
+                        where = scores.index(main)
+                        after[where] = f"**{after[where]}**"
+                    lines.append("| " + " | ".join(cells + after) + " |")
+                notes = _notes(rows, scores)
+                lines += [""] + ([_md(" · ".join(notes)), ""] if notes else [])
     return "\n".join(lines)
 
 
 def _cells(row: Row, scores: Sequence[str]) -> list[str]:
     """A row's cells after the method, as plain text: scores, seeds, parameters, date."""
     parameters = row.entry.method.parameters
-    return [_stats(row.task.scores[s]) for s in scores] + [
+    return [_stats(row, s) for s in scores] + [
         str(len(row.task.seeds)), "–" if parameters is None else f"{parameters:,}",
         row.task.date[:10]]
 
@@ -190,7 +274,8 @@ table { border-collapse: collapse; margin-bottom: 1rem; font-variant-numeric: ta
 th, td { padding: .3rem .7rem; border-bottom: 1px solid #e3e7eb; text-align: right; }
 th { background: #f3f5f7; } td.method, th.method, td.date { text-align: left; }
 th.main { background: #e3eefb; } td.main { background: #f6f9fd; }
-tr.rank-1 td { font-weight: 600; }
+tr.rank-1 td { font-weight: 600; } tr.unranked td { color: #5b6670; }
+p.notes { margin: -.6rem 0 1rem; font-size: .85rem; color: #4a545e; }
 span.baseline { font-size: .75rem; color: #5b6670; border: 1px solid #c3cad1;
                 border-radius: .6rem; padding: 0 .4rem; margin-left: .3rem; font-weight: 400; }
 code { background: #f3f5f7; padding: 0 .25rem; border-radius: .2rem; }
@@ -204,11 +289,14 @@ def render_html(entries: Sequence[Entry], references: Mapping[str, Reference]) -
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            "<title>wslbench leaderboard</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
            "<h1>wslbench leaderboard</h1>",
-           '<p class="about">Weight-space predictors on phase-transition model zoos, ranked by '
-           "each task's main score. Every number is recomputed by <code>wslbench leaderboard "
+           '<p class="about">Weight-space predictors on phase-transition model zoos, sorted by '
+           "each task's main score. Every score is the mean over seeds with its 95% bootstrap "
+           "interval over test grid points; only the top method is ranked first, and another "
+           "ranks below it only where a paired bootstrap finds the difference significant "
+           "(else ≈ top (n.s.)). Every number is recomputed by <code>wslbench leaderboard "
            "validate</code> from the stored per-model predictions and the zoo's true targets. "
            "Submit with <code>wslbench submit result.json</code>.</p>"]
-    tables = _tables(entries)
+    tables = _tables(entries, references)
     for (zoo, revision), splits in tables.items():
         reference = references[revision]
         out += [f'<section class="zoo" id="{esc(zoo)}-{esc(revision[:16])}">',
@@ -233,12 +321,16 @@ def render_html(entries: Sequence[Entry], references: Mapping[str, Reference]) -
                 for row in rows:
                     classes = [f'score{" main" if s == main else ""}" data-score="{esc(s)}'
                                for s in scores] + ["seeds", "parameters", "date"]
-                    cells = [f'<td class="rank">{row.rank}</td>',
+                    cells = [f'<td class="rank">{esc(row.rank)}</td>',
                              f'<td class="method">{_html_method(row.entry.method)}</td>']
                     cells += [f'<td class="{c}">{esc(text)}</td>'
                               for c, text in zip(classes, _cells(row, scores))]
-                    out.append(f'<tr class="entry rank-{row.rank}">' + "".join(cells) + "</tr>")
+                    out.append(f'<tr class="entry {row.place}">' + "".join(cells) + "</tr>")
                 out += ["</tbody>", "</table>"]
+                notes = _notes(rows, scores)
+                if notes:
+                    out.append('<p class="notes">' + "<br>".join(esc(n) for n in notes)
+                               + "</p>")
         out.append("</section>")
     out += ["</body>", "</html>", ""]
     return "\n".join(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -33,7 +34,16 @@ def load_result(path: Path) -> dict[str, Any]:
             if not isinstance(data, dict) or key not in (data.get(section) or {}):
                 raise LeaderboardError(f"result '{path}' has no {section}.{key}; is it a file "
                                        "that `wslbench evaluate --output` wrote?")
-    for key in ("seeds", "scores", "predictions"):
+    from wslbench.evaluate import RESULT_SCHEMA_VERSION
+
+    version = data.get("schema_version")
+    if version != RESULT_SCHEMA_VERSION:
+        raise LeaderboardError(
+            f"result '{path}' is of result schema {version}, not {RESULT_SCHEMA_VERSION}"
+            + (" (its predictions have no grid points, so its scores no intervals)"
+               if version == 1 else "")
+            + "; run `wslbench evaluate --output` again with this version of wslbench")
+    for key in ("seeds", "scores", "predictions", "grid_points", "bootstrap"):
         if key not in data:
             raise LeaderboardError(f"result '{path}' has no {key}")
     return data
@@ -43,29 +53,33 @@ def _task_result(result: Mapping[str, Any]) -> TaskResult:
     return TaskResult.from_json({
         "version": result["task"]["version"], "main_score": result["task"]["main_score"],
         "seeds": result["seeds"], "scores": result["scores"],
-        "predictions": result["predictions"],
+        "predictions": result["predictions"], "grid_points": result["grid_points"],
+        "bootstrap": result["bootstrap"],
         "wall_time_s": result["provenance"]["wall_time_s"],
         "date": result["provenance"]["started"]})
 
 
 def _reference_for(root: Path, result: Mapping[str, Any], task_keys: Sequence[str]
                    ) -> Reference:
-    """The reference covering the result's zoo revision, split and task versions; made from
-    the zoo (at the result's zoo path) where it is missing or lacks them."""
+    """The reference covering the result's zoo revision, split (with its grid points) and
+    task versions; made from the zoo (at the result's zoo path) where it is missing or lacks
+    them."""
     from wslbench.splits import SPLITS
 
     revision, split_name = result["zoo"]["revision"], result["split"]["name"]
     path = find_references(root).get(revision)
     reference = load_reference(path) if path else None
     if reference is not None and split_name in reference.splits and all(
-            split_name in reference.targets.get(key, {}) for key in task_keys):
+            split_name in reference.targets.get(key, {}) for key in task_keys) \
+            and split_name in (reference.grid_points or {}):
         return reference
     fix = (f"run `wslbench leaderboard add-zoo ZOO_PATH --split {split_name} --task "
            f"{' '.join(task_keys)}` where the zoo is")
     if split_name not in SPLITS:
         raise LeaderboardError(
             f"no reference under '{Path(root) / 'zoos'}' holds split '{split_name}' of zoo "
-            f"revision {revision[:16]}, and submit only makes registered splits; run `wslbench "
+            f"revision {revision[:16]} with the targets and grid points this result needs, "
+            "and submit only makes registered splits; run `wslbench "
             "leaderboard add-zoo ZOO_PATH --split SPLIT_FILE.json` where the zoo is")
     zoo = _open_recorded(result["zoo"], fix)
     test_zoo = _open_recorded(result["zoo"]["test_zoo"], fix) if "test_zoo" in result["zoo"] \
@@ -126,6 +140,15 @@ def submit(results: Sequence[Mapping[str, Any]], root: Path, *, name: str | None
                                                   for r in members])
         path = entry_path(root, reference.zoo.name, revision, split_name, method_name)
         old = _existing_entry(path, method_name, revision, newest)
+        if old is not None and old.schema_version != ENTRY_SCHEMA_VERSION:
+            kept = sorted(set(old.tasks) - {r["task"]["name"] for r in members})
+            if kept:
+                raise LeaderboardError(
+                    f"'{path}' is an entry of the old schema {old.schema_version} (no grid "
+                    f"points, no intervals), and its tasks {', '.join(kept)} would stay so; "
+                    "rerun them and submit all its tasks together, or submit under another "
+                    "--name")
+            old = dataclasses.replace(old, tasks={})  # every old task is replaced
         method = Method(
             name=method_name,
             description=description if description is not None else (
