@@ -82,7 +82,7 @@ def test_evaluate_records_predictions_and_provenance(tmp_path, tiny_zoo):
                       seeds=(0, 1)).to_json()
     assert result["task"] == {"name": "ggap", "version": 1, "kind": "regression",
                               "main_score": "r2"}
-    assert result["zoo"]["revision"] == zoo.revision == zoo.manifest.content_hash()
+    assert result["zoo"]["revision"] == zoo.revision == zoo.manifest.revision
     assert result["split"]["sha256"] == split.sha256
     assert set(result["predictions"]) == {"0", "1"}
     assert set(result["predictions"]["0"]) == set(split.test)

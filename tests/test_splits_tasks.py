@@ -198,7 +198,7 @@ def test_predictors_see_only_what_the_task_allows(tiny_zoo):
             assert sample.state_dict()
     # A sample holds no route to targets: only these fields, and a loader of the weights.
     assert {f.name for f in dataclasses.fields(ModelSample)} == {
-        "name", "epoch", "model_args", "hyperparameters", "_load", "zoo_revision"}
+        "name", "epoch", "model_args", "hyperparameters", "_load", "zoo_revision", "fingerprint"}
 
 
 def test_evaluated_samples_lead_to_no_trial_folder(tiny_zoo):

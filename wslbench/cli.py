@@ -1,4 +1,5 @@
-"""The ``wslbench`` command: list what exists, evaluate a predictor, run the quickstart."""
+"""The ``wslbench`` command: list what exists, evaluate a predictor, verify a zoo, run the
+quickstart."""
 
 from __future__ import annotations
 
@@ -111,6 +112,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from wslbench import zoo_format as fmt
+    from wslbench.zoo import Zoo
+
+    path = Path(args.zoo).expanduser()  # a damaged zoo may not open: verify reads it as files
+    root = path.resolve() if path.exists() else Zoo.resolve(args.zoo).root
+    manifest = fmt.read_manifest(root)
+    if manifest is None:
+        raise fmt.ZooFormatError(
+            f"zoo '{root}' has no {fmt.MANIFEST_FILE} (a published zoo, or not a zoo folder): "
+            "there are no recorded hashes to verify it against")
+    files, problems = fmt.verify_zoo(root, manifest, progress=None)
+    models = len(manifest.trials)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"verify: {len(problems)} problem(s) in zoo '{root}' ({files} files of {models} "
+              "models checked); restore the files, or rebuild the trials (delete their folders "
+              "and run `zoo-builder build` again)")
+        return 1
+    revision = manifest.revision or manifest.content_hash()
+    print(f"zoo '{root}': {files} files of {models} models verified (revision {revision[:16]})")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from wslbench.quickstart import run_quickstart
 
@@ -148,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="passed to predictors that take a device, e.g. cuda")
     ev.add_argument("--output", help="write the result JSON (with per-model predictions) here")
     ev.set_defaults(run=cmd_evaluate)
+
+    ve = commands.add_parser("verify", help="check every file of a zoo against the sha256 and "
+                                            "tensor fingerprints its zoo.json records")
+    ve.add_argument("zoo", help="a zoo folder, or the name of a known zoo")
+    ve.set_defaults(run=cmd_verify)
 
     add_leaderboard_commands(commands)
     add_export_command(commands)

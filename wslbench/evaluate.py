@@ -219,6 +219,7 @@ def samples(items: Sequence[TaskItem], task: Task, zoo_revision: str = "",
             hyperparameters=model.hyperparameters if task.sees_hyperparameters else None,
             _load=functools.partial(fmt.load_state_dict, folder, item.epoch),
             zoo_revision=zoo_revision,
+            fingerprint=fmt.file_fingerprint(fmt.checkpoint_file(folder, item.epoch)),
         ))
     return out
 
@@ -230,6 +231,8 @@ def evaluate(predictor_class: type, task: Task, zoo: Zoo, split: Split,
 
     ``device`` is passed to predictors whose constructor takes one."""
     started, clock = datetime.now(timezone.utc), time.perf_counter()
+    for source in (zoo,) if test_zoo is None else (zoo, test_zoo):
+        source.check_integrity()  # checkpoints, params and results as the manifest records them
     items: dict[str, list[TaskItem]] = {}
     for part in PARTS:
         items[part] = task_items(task, zoo, split, part, test_zoo)

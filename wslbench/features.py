@@ -7,12 +7,18 @@ one batch of checkpoints and never the zoo. Each row is cached under
 
     $WSLBENCH_CACHE/features/<name>-v<version>/<zoo revision>.npz
 
-keyed by the sample's key (zoo revision, model, epoch). A zoo's revision hashes its content
-(our zoos: the manifest with every checkpoint's sha256; published zoos: every params.json and
-result.json and each checkpoint file's name and size), so a rebuilt zoo gets new rows; a
+keyed by the sample's key (zoo revision, model, epoch, and the checkpoint file's fingerprint).
+A zoo's revision hashes its content (our zoos: the params, targets and tensors of every model,
+recorded in the manifest; published zoos: every params.json and result.json and each
+checkpoint file's name and size), so a zoo whose content changed gets new rows. The
+fingerprint (:func:`wslbench.zoo_format.file_fingerprint`: the file's size and the sha256 of
+the whole file up to 8 MiB, of 16 sampled blocks above; the samples of `wslbench evaluate`
+carry it) changes with the file, so a checkpoint changed in place after its zoo's revision
+was recorded gets a new row, never a stale one, even where its size stays the same. A
 featurizer whose numbers change gets a new version. A second call on the same checkpoints
-reads no checkpoint at all. A cache file that cannot be read is ignored with a warning and
-rebuilt; samples without a zoo revision are never cached.
+loads no checkpoint (evaluate's samples read each file once, to fingerprint it). A cache
+file that cannot be read is ignored with a warning and rebuilt; samples without a zoo
+revision are never cached.
 """
 
 from __future__ import annotations

@@ -29,8 +29,10 @@ class ModelSample:
 
     ``model_args`` is None unless the task lets predictors see the architecture arguments,
     ``hyperparameters`` None unless it lets them see the training hyperparameters. Targets
-    are never here. ``key`` identifies the checkpoint (zoo revision, model, epoch), e.g. for
-    caching features; it leads to no target.
+    are never here. ``key`` identifies the checkpoint (zoo revision, model, epoch, and the
+    ``fingerprint`` of its file where the sample has one: size and content hash, see
+    :func:`wslbench.zoo_format.file_fingerprint`), e.g. for caching features, so that a
+    changed file gets a new key; it leads to no target.
     """
 
     name: str
@@ -39,13 +41,15 @@ class ModelSample:
     hyperparameters: dict[str, Any] | None
     _load: Callable[[], dict[str, torch.Tensor]] = field(repr=False, compare=False)
     zoo_revision: str = ""
+    fingerprint: str = ""
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self._load()
 
     @property
     def key(self) -> str:
-        return f"{self.zoo_revision}/{self.name}@{self.epoch}"
+        key = f"{self.zoo_revision}/{self.name}@{self.epoch}"
+        return f"{key}#{self.fingerprint}" if self.fingerprint else key
 
 
 class NotApplicableError(ValueError):

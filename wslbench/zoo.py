@@ -146,9 +146,12 @@ class Zoo:
 
     @cached_property
     def revision(self) -> str:
-        """A hash of the zoo's content, recorded by every result computed on it."""
+        """A hash of the zoo's content, recorded by every result computed on it: the content
+        revision its manifest records (params, targets and tensors of every model; see
+        docs/zoo_format.md), the hash of a format-1 manifest, or for a published zoo (no
+        manifest) a hash of its params.json and result.json files and checkpoint sizes."""
         if self.manifest is not None:
-            return self.manifest.content_hash()
+            return self.manifest.revision or self.manifest.content_hash()
         return fmt.published_content_hash(m.path for m in self.models)
 
     @property
@@ -189,16 +192,18 @@ class Zoo:
         rows = [row for m in self.models for row in fmt.summary_rows(m.name, m.params, m.results)]
         return fmt.summary_frame(rows)
 
-    def verify(self) -> list[str]:
-        """Check every file hash recorded in the manifest; return the problems found."""
+    def check_integrity(self, results: bool = True) -> None:
+        """The cheap check before trusting the zoo's files (sizes and fingerprints of every
+        checkpoint, the sha256 of params.json, and with ``results`` of result.json, against
+        the manifest): raises :class:`~wslbench.zoo_format.ZooIntegrityError` naming trial and
+        file. A published zoo (no manifest) has nothing to check against."""
+        if self.manifest is not None:
+            fmt.check_integrity(self.root, self.manifest, results=results)
+
+    def verify(self, progress: bool | None = False) -> list[str]:
+        """Check every file recorded in the manifest against its sha256 and every checkpoint's
+        tensors against their fingerprint; return the problems found, each naming trial and
+        file (`wslbench verify` prints them)."""
         if self.manifest is None:
             return [f"zoo '{self.root}' has no {fmt.MANIFEST_FILE}: nothing to verify against"]
-        problems = []
-        for trial, hashes in self.manifest.trials.items():
-            for rel, expected in hashes.get("checkpoint_sha256", {}).items():
-                path = self.root / trial / rel
-                if not path.is_file():
-                    problems.append(f"missing file '{path}'")
-                elif fmt.sha256_file(path) != expected:
-                    problems.append(f"'{path}' does not match its sha256 in {fmt.MANIFEST_FILE}")
-        return problems
+        return fmt.verify_zoo(self.root, self.manifest, progress)[1]

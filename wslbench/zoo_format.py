@@ -11,7 +11,8 @@ It is the published Phase Transition Model Zoo (PTMZ) layout, as written by Ray 
 
 plus wslbench's additions, which a reader never requires:
 
-    <zoo_root>/zoo.json                   manifest (spec, grid, preset, versions, sha256s)
+    <zoo_root>/zoo.json                   manifest (spec, grid, preset, versions, sha256s,
+                                          content revision; see docs/zoo_format.md)
     <zoo_root>/summary.csv|.parquet       one row per model and epoch, published columns first
     <trial_dir>/checkpoint_*/model.safetensors   the same weights, loadable without pickle
     <trial_dir>/trial_complete.json       written last: the trial finished and its files hashes
@@ -48,7 +49,8 @@ TORCH_CHECKPOINT = "checkpoints"
 SAFETENSORS_CHECKPOINT = "model.safetensors"
 COMPLETE_MARKER = "trial_complete.json"
 TRIAL_LOG = "train.log"
-FORMAT_VERSION = 1
+#: 2: the manifest records the content revision and per-file fingerprints (docs/zoo_format.md).
+FORMAT_VERSION = 2
 
 _CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d{6})$")
 _TRIAL_ID = re.compile(r"^NN_tune_trainable_([0-9a-f]+_\d{5})_")
@@ -78,6 +80,20 @@ EXTRA_PARAM_COLUMNS = {"beta": ("dataset::beta",)}
 
 class ZooFormatError(ValueError):
     """A file or folder does not follow the zoo format; the message names it and the fix."""
+
+
+class ZooIntegrityError(ZooFormatError):
+    """Files of a zoo differ from what its manifest records (a checkpoint, params.json or
+    result.json changed, went missing or was truncated); ``problems`` names each trial and file."""
+
+    def __init__(self, root: Path, problems: list[str]):
+        self.root, self.problems = Path(root), list(problems)
+        shown = "; ".join(self.problems[:3])
+        more = f"; and {len(self.problems) - 3} more" if len(self.problems) > 3 else ""
+        super().__init__(
+            f"files of zoo '{self.root}' differ from their recorded hashes: {shown}{more}. Run "
+            f"`wslbench verify {self.root}` to list every mismatch, then restore the files, or "
+            "rebuild the trials (delete their folders and run `zoo-builder build` again)")
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -207,12 +223,29 @@ def write_results(trial_dir: Path, rows: Iterable[Mapping[str, Any]]) -> None:
 
 
 def read_results(trial_dir: Path) -> list[dict[str, Any]]:
-    """Read result.json (JSON lines); a missing file means the model has no results yet."""
+    """Read result.json (JSON lines); a missing file means the model has no results yet (a
+    build in progress). A finished trial (one with trial_complete.json) whose result.json is
+    empty is an error, never a model without results."""
     path = Path(trial_dir) / RESULT_FILE
     if not path.is_file():
         return []
+    rows = _parse_results(path)
+    if not rows and (Path(trial_dir) / COMPLETE_MARKER).is_file():
+        raise ZooFormatError(
+            f"'{path}' is empty, but its trial is finished (it has {COMPLETE_MARKER}); "
+            "result.json holds one JSON object per epoch. Restore the file, "
+            "or rebuild the trial (delete its folder and run `zoo-builder build` again)")
+    return rows
+
+
+def _parse_results(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise ZooFormatError(f"'{path}' is not text ({err}); result.json holds one JSON object "
+                             "per epoch: restore or rebuild the trial") from err
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -298,13 +331,15 @@ def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tor
     """Drop the ``module.`` prefix that DataParallel/compiled models leave on published keys."""
     if not any(key.startswith(_WRAPPER_PREFIXES) for key in state_dict):
         return dict(state_dict)  # the common case: nothing to rename
-    out = {}
-    for key, value in state_dict.items():
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
+    return {unwrapped_key(key): value for key, value in state_dict.items()}
+
+
+def unwrapped_key(key: str) -> str:
+    """A state_dict key without the wrapper prefixes (see :func:`strip_module_prefix`)."""
+    for prefix in _WRAPPER_PREFIXES:
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
 
 
 def checkpoint_file(trial_dir: Path, epoch: int) -> Path:
@@ -460,7 +495,10 @@ def find_trial_dirs(root: Path) -> list[Path]:
 
 @dataclass
 class ZooManifest:
-    """zoo.json: what a zoo is and a hash of every file that defines its content."""
+    """zoo.json: what a zoo is, a hash of every file that defines its content, and its
+    content revision (see :func:`content_revision`; empty in manifests of format 1).
+
+    ``trials`` maps each trial folder to its :func:`trial_record`."""
 
     spec: str
     spec_version: int
@@ -469,12 +507,23 @@ class ZooManifest:
     package_version: str
     created: str
     trials: dict[str, dict[str, Any]] = field(default_factory=dict)
+    revision: str = ""
     format_version: int = FORMAT_VERSION
 
+    def set_trials(self, records: Mapping[str, Mapping[str, Any]]) -> None:
+        """Record the trials (name -> :func:`trial_record`) and the revision of their content."""
+        self.trials = {name: dict(record) for name, record in records.items()}
+        self.revision = content_revision(record["content"] for record in self.trials.values())
+        self.format_version = FORMAT_VERSION
+
     def content_hash(self) -> str:
-        """Hash of everything but the creation time: equal zoos have equal hashes."""
+        """The revision of a format-1 manifest (one without ``revision``): a hash of everything
+        but the creation time, file hashes included, so two builds of one spec differ in it
+        (result.json holds timings). Kept so that such zoos keep the revision they had."""
         content = asdict(self)
         content.pop("created")
+        if not content["revision"]:
+            content.pop("revision")
         return canonical_hash(content)
 
 
@@ -511,6 +560,297 @@ def published_content_hash(trial_dirs: Iterable[Path]) -> str:
              for file in sorted(folder.iterdir()) if file.is_file()},
         ]
     return canonical_hash(digest)
+
+
+# --------------------------------------------------------------------------- content revision
+#
+# A zoo's revision hashes what defines its data, and nothing about where, when or how fast it
+# was made: per model its params, its targets (result.json without VOLATILE_RESULT_KEYS) and
+# the tensors of every checkpoint (names, dtypes, shapes, bytes; not the file's header,
+# metadata or key order, and the same for the torch file and the safetensors file). Two builds
+# of one spec that give the same weights and metrics share it. The manifest records it with
+# per-file fingerprints, so that a cheap check (check_integrity) and a full one (verify_zoo)
+# can tell a changed file. docs/zoo_format.md describes all of it.
+
+#: What the content revision hashes, as a version: a change gives every zoo a new revision.
+REVISION_SCHEME = 1
+
+#: result.json keys that say when, where and how fast a model was trained, not what it is:
+#: left out of the content revision, as is every key that has the word "time" in it
+#: (``time_this_iter_s``, ``time_eval_s``, ``warmup_time``: durations; see
+#: :func:`is_volatile_result_key`). Ray Tune writes most of them in published zoos; our builds
+#: write the two durations, and ``micro_batchsize`` where a batch was split to fit the device
+#: (how the run was done, like every RunOptions setting). ``config`` repeats params.json.
+VOLATILE_RESULT_KEYS = frozenset({
+    "time_this_iter_s", "time_eval_s", "time_total_s", "time_since_restore", "timestamp",
+    "date", "hostname", "node_ip", "pid", "timesteps_total", "timesteps_since_restore",
+    "iterations_since_restore", "trial_id", "experiment_id", "experiment_tag", "logdir",
+    "config", "micro_batchsize",
+})
+
+#: Checkpoint files up to this size are fingerprinted by their whole sha256 (about 1 ms for
+#: 0.7 MB), so that any change is caught; larger ones by their size and a sha256 of
+#: _SAMPLE_COUNT blocks of _SAMPLE_BLOCK bytes spread over the file, first and last included.
+FULL_HASH_LIMIT = 8 << 20
+_SAMPLE_BLOCK = 64 << 10
+_SAMPLE_COUNT = 16
+
+#: Checkpoint dtypes by their safetensors names, so that a torch file and a safetensors file
+#: of the same tensors have the same fingerprint.
+_DTYPE_NAMES = {
+    getattr(torch, name): label for name, label in (
+        ("float64", "F64"), ("float32", "F32"), ("float16", "F16"), ("bfloat16", "BF16"),
+        ("int64", "I64"), ("int32", "I32"), ("int16", "I16"), ("int8", "I8"), ("uint8", "U8"),
+        ("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64"), ("bool", "BOOL"),
+        ("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"))
+    if hasattr(torch, name)
+}
+
+
+def is_volatile_result_key(key: str) -> bool:
+    """A result.json key that the content revision leaves out (:data:`VOLATILE_RESULT_KEYS`,
+    or the word "time" in it)."""
+    return key in VOLATILE_RESULT_KEYS or "time" in key.split("_")
+
+
+def target_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """result.json rows without the keys that say when, where and how fast (the targets)."""
+    return [{key: value for key, value in row.items() if not is_volatile_result_key(key)}
+            for row in rows]
+
+
+def file_fingerprint(path: Path) -> str:
+    """A cheap fingerprint of a checkpoint file: ``<size>:sha256:<hex>`` (the whole file's
+    sha256) up to :data:`FULL_HASH_LIMIT` bytes, ``<size>:sampled:<hex>`` above (sampled
+    blocks; a change outside them escapes this check, not `wslbench verify`)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size <= FULL_HASH_LIMIT:
+        return f"{size}:sha256:{sha256_file(path)}"
+    digest = hashlib.sha256(size.to_bytes(8, "little"))
+    with open(path, "rb") as handle:
+        for index in range(_SAMPLE_COUNT):
+            handle.seek((size - _SAMPLE_BLOCK) * index // (_SAMPLE_COUNT - 1))
+            digest.update(handle.read(_SAMPLE_BLOCK))
+    return f"{size}:sampled:{digest.hexdigest()}"
+
+
+def tensors_fingerprint(path: Path) -> str:
+    """sha256 of the tensors of one checkpoint file, sorted by name (wrapper prefixes
+    stripped, as :func:`load_state_dict` does): each one's name, dtype, shape and raw
+    (little-endian) bytes. Blind to file headers, safetensors metadata and key order; equal
+    for the torch file and the safetensors file of one checkpoint."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.name != SAFETENSORS_CHECKPOINT:
+        for name, tensor in sorted(_load_torch_state_dict(path).items(),
+                                   key=lambda item: unwrapped_key(item[0])):
+            tensor = tensor.detach().cpu().contiguous()
+            _update_tensor(digest, unwrapped_key(name),
+                           _DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), list(tensor.shape),
+                           tensor.reshape(-1).view(torch.uint8).numpy())
+        return digest.hexdigest()
+    data = memoryview(path.read_bytes())
+    try:
+        length = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or length > len(data) - 8:
+            raise ValueError(f"header length {length} in a file of {len(data)} bytes")
+        header = json.loads(bytes(data[8:8 + length]))
+        header.pop("__metadata__", None)
+        tensors = []
+        for name, info in header.items():
+            begin, end = info["data_offsets"]
+            if not 0 <= begin <= end <= len(data) - 8 - length:
+                raise ValueError(f"tensor '{name}' lies outside the file")
+            tensors.append((unwrapped_key(name), str(info["dtype"]), list(info["shape"]),
+                            data[8 + length + begin:8 + length + end]))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ZooFormatError(
+            f"checkpoint '{path}' has no valid safetensors header ({type(err).__name__}: {err}); "
+            "it is truncated or corrupt: restore it, or delete the trial folder and run "
+            "`zoo-builder build` again to redo it") from err
+    for name, dtype, shape, raw in sorted(tensors, key=lambda tensor: tensor[0]):
+        _update_tensor(digest, name, dtype, shape, raw)
+    return digest.hexdigest()
+
+
+def _update_tensor(digest, name: str, dtype: str, shape: list[int], raw) -> None:
+    """One tensor into a fingerprint: a JSON line of name, dtype, shape and byte count, then
+    the bytes (``raw``: a 1-D byte buffer)."""
+    digest.update(json.dumps([name, dtype, shape, len(raw)]).encode() + b"\n")
+    digest.update(raw)
+
+
+def model_content(trial_dir: Path) -> dict[str, Any]:
+    """What defines one model, as digests: ``params`` (canonical JSON of params.json),
+    ``targets`` (canonical JSON of :func:`target_rows`) and ``tensors`` (checkpoint folder ->
+    :func:`tensors_fingerprint` of the file :func:`load_state_dict` reads)."""
+    trial_dir = Path(trial_dir)
+    return {
+        "params": canonical_hash(read_params(trial_dir)),
+        "targets": canonical_hash(target_rows(read_results(trial_dir))),
+        "tensors": {checkpoint_dir(trial_dir, epoch).name:
+                    tensors_fingerprint(checkpoint_file(trial_dir, epoch))
+                    for epoch in checkpoint_epochs(trial_dir)},
+    }
+
+
+def content_revision(contents: Iterable[Mapping[str, Any]]) -> str:
+    """The revision of a zoo from its models' :func:`model_content`: a sha256 of their
+    digests, sorted (models are told apart by their params, not by folder names or order)."""
+    models = sorted(canonical_hash(dict(content)) for content in contents)
+    return canonical_hash({"scheme": REVISION_SCHEME, "models": models})
+
+
+def trial_dir_revision(trial_dirs: Iterable[Path]) -> str:
+    """The content revision computed from the files of these trials (what a manifest records
+    at build and annotation time)."""
+    return content_revision(model_content(trial) for trial in trial_dirs)
+
+
+def trial_record(trial_dir: Path) -> dict[str, Any]:
+    """The manifest entry of one finished trial: the sha256 of its params.json, result.json
+    and checkpoint files, each checkpoint file's :func:`file_fingerprint`, and its
+    :func:`model_content`. Files that differ from what trial_complete.json recorded when the
+    trial finished raise :class:`ZooIntegrityError` (they were changed since)."""
+    trial_dir = Path(trial_dir)
+    completion = read_trial_completion(trial_dir) or {}
+    recorded = dict(completion.get("checkpoint_sha256", {}))
+    on_disk = {f"{checkpoint_dir(trial_dir, epoch).name}/{name}"
+               for epoch in checkpoint_epochs(trial_dir)
+               for name in (TORCH_CHECKPOINT, SAFETENSORS_CHECKPOINT)
+               if (checkpoint_dir(trial_dir, epoch) / name).is_file()}
+    problems, fingerprints, checkpoint_sha256 = [], {}, {}
+    for rel in sorted(set(recorded) | on_disk):
+        path = trial_dir / rel
+        if not path.is_file():
+            problems.append(_problem(trial_dir.name, rel, "missing"))
+            continue
+        fingerprints[rel] = file_fingerprint(path)
+        checkpoint_sha256[rel] = _whole_sha256(fingerprints[rel]) or sha256_file(path)
+        if rel in recorded and checkpoint_sha256[rel] != recorded[rel]:
+            problems.append(_problem(trial_dir.name, rel, "changed since the trial finished "
+                                     f"(sha256 differs from {COMPLETE_MARKER})"))
+    result_sha256 = sha256_file(trial_dir / RESULT_FILE)
+    if completion.get("result_sha256", result_sha256) != result_sha256:
+        problems.append(_problem(trial_dir.name, RESULT_FILE, "changed since the trial "
+                                 f"finished (sha256 differs from {COMPLETE_MARKER})"))
+    if problems:
+        raise ZooIntegrityError(trial_dir.parent, problems)
+    return {"params_sha256": sha256_file(trial_dir / PARAMS_FILE),
+            "result_sha256": result_sha256, "checkpoint_sha256": checkpoint_sha256,
+            "checkpoint_fingerprint": fingerprints, "content": model_content(trial_dir)}
+
+
+def _whole_sha256(fingerprint: str) -> str | None:
+    _, kind, digest = fingerprint.split(":")
+    return digest if kind == "sha256" else None
+
+
+def _problem(trial: str, rel: str, what: str) -> str:
+    return f"trial '{trial}' file '{rel}': {what}"
+
+
+def recorded_files(record: Mapping[str, Any]) -> dict[str, str]:
+    """The files of a trial that its manifest entry records, with their sha256."""
+    files = {name: record[key] for name, key in ((PARAMS_FILE, "params_sha256"),
+                                                  (RESULT_FILE, "result_sha256")) if key in record}
+    files.update(record.get("checkpoint_sha256", {}))
+    return files
+
+
+def check_integrity(root: Path, manifest: ZooManifest, results: bool = True) -> None:
+    """The cheap check before trusting a zoo: every checkpoint file the manifest records
+    exists with its recorded size and :func:`file_fingerprint` (whole-file sha256 up to
+    :data:`FULL_HASH_LIMIT`), params.json with its sha256, and, with ``results``, result.json
+    with its sha256. Raises :class:`ZooIntegrityError` naming each trial and file that differs.
+
+    Format-1 manifests record no fingerprints: their sha256 stands in for files up to
+    :data:`FULL_HASH_LIMIT`, larger files are checked to exist."""
+    root = Path(root)
+    problems = []
+    for trial, record in manifest.trials.items():
+        fingerprints = record.get("checkpoint_fingerprint", {})
+        for rel, sha256 in recorded_files(record).items():
+            path = root / trial / rel
+            is_checkpoint = rel not in (PARAMS_FILE, RESULT_FILE)
+            if rel == RESULT_FILE and not results:
+                continue
+            if not path.is_file():
+                problems.append(_problem(trial, rel, "missing"))
+                continue
+            expected = fingerprints.get(rel)
+            size = path.stat().st_size
+            if expected is not None and expected.split(":")[0] != str(size):
+                problems.append(_problem(trial, rel, f"{size} bytes, {MANIFEST_FILE} records "
+                                         f"{expected.split(':')[0]}"))
+            elif expected is not None:
+                if file_fingerprint(path) != expected:
+                    problems.append(_problem(trial, rel, f"content differs from {MANIFEST_FILE}"))
+            elif ((not is_checkpoint or size <= FULL_HASH_LIMIT)
+                  and sha256_file(path) != sha256):
+                hint = (" (an annotation that did not finish? run `zoo-builder annotate` "
+                        "again)" if rel == RESULT_FILE else "")
+                problems.append(_problem(trial, rel, f"sha256 differs from {MANIFEST_FILE}{hint}"))
+    if problems:
+        raise ZooIntegrityError(root, problems)
+
+
+def verify_zoo(root: Path, manifest: ZooManifest,
+               progress: bool | None = None) -> tuple[int, list[str]]:
+    """The full check: every file the manifest records against its sha256, every checkpoint
+    file's tensors against the recorded :func:`tensors_fingerprint`, each model's params and
+    targets against their recorded digests, and the recorded revision against them. Returns
+    the number of files checked and the problems (each naming trial and file)."""
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    checked, problems = 0, []
+    for trial, record in tqdm(manifest.trials.items(), desc="verifying", unit="model", delay=2,
+                              disable=None if progress is None else not progress):
+        trial_dir = root / trial
+        if not trial_dir.is_dir():
+            problems.append(f"trial '{trial}': folder '{trial_dir}' is missing")
+            continue
+        content = record.get("content", {})
+        for rel, sha256 in recorded_files(record).items():
+            path = trial_dir / rel
+            if not path.is_file():
+                problems.append(_problem(trial, rel, "missing"))
+                continue
+            checked += 1
+            if sha256_file(path) != sha256:
+                problems.append(_problem(trial, rel, f"sha256 differs from {MANIFEST_FILE}"))
+            folder = rel.split("/")[0]
+            if folder in content.get("tensors", {}):
+                try:
+                    if tensors_fingerprint(path) != content["tensors"][folder]:
+                        problems.append(_problem(trial, rel, "tensors differ from their "
+                                                 f"fingerprint in {MANIFEST_FILE}"))
+                except ZooFormatError as err:
+                    problems.append(_problem(trial, rel, str(err)))
+        for key, rel, digest in (("params", PARAMS_FILE, lambda: read_params(trial_dir)),
+                                 ("targets", RESULT_FILE,
+                                  lambda: target_rows(read_results(trial_dir)))):
+            if key not in content:
+                continue
+            try:
+                if canonical_hash(digest()) != content[key]:
+                    problems.append(_problem(trial, rel, f"{key} differ from their digest in "
+                                             f"{MANIFEST_FILE}"))
+            except ZooFormatError as err:
+                problems.append(_problem(trial, rel, str(err)))
+    on_disk = {path.name for path in root.iterdir() if (path / PARAMS_FILE).is_file()}
+    for trial in sorted(on_disk - set(manifest.trials)):
+        problems.append(f"trial '{trial}': not in {MANIFEST_FILE} (a model folder the zoo "
+                        "does not record)")
+    if manifest.revision and all("content" in r for r in manifest.trials.values()):
+        recorded = content_revision(r["content"] for r in manifest.trials.values())
+        if recorded != manifest.revision:
+            problems.append(f"{MANIFEST_FILE}: revision {manifest.revision[:16]} is not the one "
+                            f"of its trials' content ({recorded[:16]})")
+    return checked, problems
+
 
 
 # --------------------------------------------------------------------------- summary table

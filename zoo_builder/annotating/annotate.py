@@ -184,6 +184,7 @@ def annotate_zoo(root: str | Path, groups: Sequence[str] = LANDSCAPE_GROUPS,
 
     groups = expand_groups(groups)
     zoo = Zoo.open(root)
+    zoo.check_integrity(results=False)  # result.json may differ: an annotation to resume
     check_downstream_zoo(zoo, groups)
     jobs = [
         GridPointJob(name=f"grid point {index}", trial_dirs=tuple(m.path for m in models),
@@ -600,14 +601,15 @@ def label_zoo_phases(zoo: Zoo, epochs: Sequence[int] | None = None) -> None:
 
 
 def refresh_zoo_tables(zoo: Zoo) -> None:
-    """Rewrite the summary table, and for our zoos the result hashes and the manifest."""
+    """Rewrite the summary table, and for our zoos the result hashes and the manifest with
+    the new content revision."""
     fmt.write_summary(zoo.root, zoo.summary())
     if zoo.manifest is None:
         return
     trials = {}
-    for model in zoo.models:
+    for model in zoo.models:  # each read back (Zoo.open): an empty result.json has failed
         completion = fmt.read_trial_completion(model.path)
         fmt.mark_trial_complete(model.path, completion["checkpoint_sha256"])
-        trials[model.name] = fmt.read_trial_completion(model.path)
-    zoo.manifest.trials = trials
+        trials[model.name] = fmt.trial_record(model.path)
+    zoo.manifest.set_trials(trials)  # and the content revision: the targets changed
     fmt.write_manifest(zoo.root, zoo.manifest)

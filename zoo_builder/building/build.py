@@ -94,19 +94,20 @@ def _check_same_zoo(out: Path, spec: ZooSpec, plans: dict[str, Any]) -> None:
 
 
 def finalize_zoo(out: Path, spec: ZooSpec, trial_names: list[str]) -> None:
-    """Write the summary table and the manifest from the finished trials."""
+    """Write the summary table and the manifest (every file's hashes and the zoo's content
+    revision, see :func:`wslbench.zoo_format.trial_record`) from the finished trials."""
     rows, trials = [], {}
     for name in trial_names:
         trial_dir = out / name
-        completion = fmt.read_trial_completion(trial_dir)
         rows.extend(fmt.summary_rows(name, fmt.read_params(trial_dir), fmt.read_results(trial_dir)))
-        trials[name] = completion
+        trials[name] = fmt.trial_record(trial_dir)
     fmt.write_summary(out, fmt.summary_frame(rows))
-    fmt.write_manifest(out, fmt.ZooManifest(
+    manifest = fmt.ZooManifest(
         spec=spec.name, spec_version=spec.version, preset=spec.preset, grid=spec.grid,
         package_version=wslbench.__version__,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), trials=trials,
-    ))
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    manifest.set_trials(trials)
+    fmt.write_manifest(out, manifest)
 
 
 @contextmanager
