@@ -15,7 +15,7 @@ from wslbench.zoo import Zoo
 from zoo_builder.annotating.annotate import AnnotationError, AnnotationSettings, annotate_zoo
 
 FAST = AnnotationSettings(hessian_samples=64, hessian_eig_max_iter=20, hessian_trace_hvps=30,
-                          cka_samples=128, mc_epochs=1, mc_eval_points=3)
+                          cka_samples=128, mc_steps=7, mc_eval_points=3)
 LANDSCAPE_KEYS = ("log_hessian_top_ev_train", "log_hessian_top_ev_val", "log_hessian_trace_train",
                   "hessian_trace_train_hvps", "hessian_trace_train_uncertainty",
                   "representation_similarity", "curve_mc_train_error", "curve_mc_test_error",

@@ -86,7 +86,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     from zoo_builder.annotating.annotate import LANDSCAPE_GROUPS, AnnotationSettings, annotate_zoo
 
     settings = AnnotationSettings(
-        hessian_samples=args.hessian_samples, mc_epochs=args.mc_epochs,
+        hessian_samples=args.hessian_samples, mc_steps=args.mc_steps,
         average_window=args.average_window, prune_sparsities=tuple(args.prune_sparsities),
         prune_finetune_epochs=args.prune_finetune_epochs, transfer_dataset=args.transfer_dataset,
         transfer_epochs=args.transfer_epochs, transfer_lr=args.transfer_lr,
@@ -238,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                "$WSLBENCH_DATA, else ~/.cache/wslbench/data)")
     annotate.add_argument("--hessian-samples", type=int, default=defaults.hessian_samples,
                           help="training samples in the fixed Hessian subset")
-    annotate.add_argument("--mc-epochs", type=int, default=defaults.mc_epochs,
-                          help="epochs of Bezier curve training per seed pair")
+    annotate.add_argument("--mc-steps", type=int, default=defaults.mc_steps,
+                          help="optimizer steps of Bezier curve training per seed pair "
+                               "(default: the spec's curve_steps, else the reference's 3,900)")
     annotate.add_argument("--average-window", type=int, default=defaults.average_window,
                           help="epoch_average: average the checkpoints of the last this many "
                                "epochs (epoch > annotated epoch - window; needs two)")

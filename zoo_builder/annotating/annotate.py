@@ -12,7 +12,10 @@ checkpointed epoch), the values go into result.json at that epoch under the publ
 - ``representation_similarity``: mean linear CKA of the logits over all seed pairs of the
   grid point (the same value for each of its models, as published);
 - ``curve_mc_train_error``, ``curve_mc_test_error`` (in %), ``curve_mc_train_loss``,
-  ``curve_mc_test_loss``: Bezier mode connectivity, averaged over the seed pairs;
+  ``curve_mc_test_loss``: Bezier mode connectivity, averaged over the seed pairs, with the
+  curve training's budget and convergence: ``curve_steps``, ``curve_loss_final`` (mean loss
+  along the curve over the last 10% of steps), ``curve_loss_drop`` (relative drop between the
+  10-30% and 30-50% windows) and ``curve_converged`` (the fraction of pairs that converged);
 - ``phase`` and ``phase_rules_version`` (rules v1, as released) and ``phase_v2`` (rules v2, the
   default), from the metrics above (:mod:`zoo_builder.annotating.phases`).
 
@@ -57,6 +60,7 @@ so an annotation killed at any moment resumes where it was. At the end the summa
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import logging
 import math
@@ -106,15 +110,18 @@ DONE_KEYS = {
 
 @dataclass(frozen=True)
 class AnnotationSettings:
-    """Budgets of the metrics. Mode connectivity follows the reference protocol (10 epochs of
-    curve training, lr 0.1, batch 128, 5 points); a shorter curve training leaves barriers
-    that are not there (mc turns negative), so change it only knowingly."""
+    """Budgets of the metrics. Mode connectivity follows the reference protocol (lr 0.1, batch
+    128, 5 points) with a budget in optimizer steps: ``mc_steps`` None takes the zoo spec's
+    ``curve_steps`` (where its convergence was checked), else the reference's 3,900 steps
+    (10 CIFAR epochs). A shorter curve training leaves barriers that are not there (mc turns
+    negative): each pair's convergence is stored (``curve_converged``), see
+    :mod:`zoo_builder.annotating.landscape.mode_connectivity`."""
 
     hessian_samples: int = 200  # one batch of 200, as Yang et al. (2021)
     hessian_eig_max_iter: int = 100
     hessian_trace_hvps: int = 100
     cka_samples: int = 512
-    mc_epochs: int = 10
+    mc_steps: int | None = None
     mc_lr: float = 0.1
     mc_batch_size: int = 128
     mc_eval_points: int = 5
@@ -134,6 +141,7 @@ class AnnotationSettings:
 
     def __post_init__(self):
         checks = [
+            ("mc_steps", self.mc_steps is None or self.mc_steps >= 0, "None or at least 0"),
             ("average_window", self.average_window >= 1, "at least 1 epoch"),
             ("barrier_points", self.barrier_points >= 2, "at least 2 (both ends)"),
             ("prune_sparsities", all(0 <= s <= 1 for s in self.prune_sparsities),
@@ -186,6 +194,8 @@ def annotate_zoo(root: str | Path, groups: Sequence[str] = LANDSCAPE_GROUPS,
     zoo = Zoo.open(root)
     zoo.check_integrity(results=False)  # result.json may differ: an annotation to resume
     check_downstream_zoo(zoo, groups)
+    if settings.mc_steps is None:
+        settings = dataclasses.replace(settings, mc_steps=curve_steps_for(zoo))
     jobs = [
         GridPointJob(name=f"grid point {index}", trial_dirs=tuple(m.path for m in models),
                      epochs=tuple(epochs) if epochs is not None else None,
@@ -205,6 +215,19 @@ def annotate_zoo(root: str | Path, groups: Sequence[str] = LANDSCAPE_GROUPS,
             label_zoo_phases(Zoo.open(root), epochs)
         refresh_zoo_tables(Zoo.open(root))
     return Zoo.open(root)
+
+
+def curve_steps_for(zoo: Zoo) -> int:
+    """The curve-training budget of a zoo: its spec's ``curve_steps`` where the spec sets one,
+    else the reference's step count."""
+    from zoo_builder.annotating.landscape.mode_connectivity import REFERENCE_CURVE_STEPS
+    from zoo_builder.building.catalog import SPECS
+
+    if zoo.manifest is not None and zoo.manifest.spec in SPECS:
+        steps = SPECS.get(zoo.manifest.spec).curve_steps
+        if steps is not None:
+            return steps
+    return REFERENCE_CURVE_STEPS
 
 
 def expand_groups(groups: Sequence[str]) -> list[str]:
@@ -293,7 +316,18 @@ def load_model(model: ModelRecord, epoch: int, device: str) -> torch.nn.Module:
 
 
 def annotate_grid_point(job: GridPointJob) -> str | None:
-    """Compute the missing metrics of one grid point; an error message instead of raising."""
+    """Compute the missing metrics of one grid point; an error message instead of raising.
+
+    On CPU, oneDNN is off: in torch 2.13's CPU build its convolution backward corrupts memory
+    ("double free or corruption") on one thread when the weights are computed (Bezier curve
+    points, ``functional_call``) or differentiated twice (Hessian-vector products); torch's
+    native kernels compute the same values.
+    """
+    with torch.backends.mkldnn.flags(enabled=torch.device(job.device).type != "cpu"):
+        return _annotate_grid_point(job)
+
+
+def _annotate_grid_point(job: GridPointJob) -> str | None:
     try:
         models = [ModelRecord.read(path) for path in job.trial_dirs]
         data = dataset_for(models[0], job.dataset, job.data_root).to(job.device)
@@ -422,7 +456,7 @@ def mode_connectivity_annotation(networks: list[torch.nn.Module], model: ModelRe
     pair_metrics = []
     for index, (a, b) in enumerate(itertools.combinations(networks, 2)):
         result = bezier_mode_connectivity(
-            a, b, data, epochs=settings.mc_epochs, lr=settings.mc_lr,
+            a, b, data, steps=settings.mc_steps, lr=settings.mc_lr,
             momentum=0.9, weight_decay=5e-4, batch_size=settings.mc_batch_size,
             n_eval_points=settings.mc_eval_points, augment=augment,
             seed=settings.seed + index, device=job.device)
