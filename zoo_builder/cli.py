@@ -51,7 +51,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def make_executor(args: argparse.Namespace):
-    """The executor that ``--executor`` names, set up from the build flags."""
+    """The Ray executor for ``--executor ray``, set up from the build flags; None for the
+    local one, which build_zoo makes (worker processes of a fixed thread count)."""
     if args.executor == "ray":
         from zoo_builder.building.ray_executor import RayExecutor
 
@@ -60,9 +61,7 @@ def make_executor(args: argparse.Namespace):
                            storage_path=args.ray_storage)
     if args.address or args.gpus_per_trial:
         raise ValueError("--address and --gpus-per-trial need --executor ray")
-    from zoo_builder.building.executors import LocalExecutor
-
-    return LocalExecutor(args.workers)
+    return None  # build_zoo's own: worker processes with the build's fixed thread count
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -77,7 +76,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                          channels_last=args.channels_last, compile=args.compile,
                          max_micro_batch=args.max_micro_batch, data_root=data_root,
                          plugins=plugins)
-    root = build_zoo(spec, args.out, options=options, executor=make_executor(args))
+    root = build_zoo(spec, args.out, workers=args.workers, options=options,
+                      executor=make_executor(args))
     print(f"zoo {spec.name} (preset {spec.preset}) complete in {root}")
     return 0
 

@@ -54,7 +54,8 @@ def build_zoo(spec: ZooSpec, out: str | os.PathLike, workers: int = 1,
     """Train every model of ``spec`` into ``out`` (resuming what is there); return the root.
 
     ``executor`` runs the trials (default: a :class:`LocalExecutor` with ``workers``
-    processes); ``options`` say how to run them (device, precision, data root, ...).
+    processes of ``options.cpu_threads`` threads each, so that the weights do not depend on
+    ``workers``); ``options`` say how to run them (device, precision, data root, ...).
     """
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +68,8 @@ def build_zoo(spec: ZooSpec, out: str | os.PathLike, workers: int = 1,
                 log.info("redoing unfinished trial %s", name)
                 shutil.rmtree(out / name)
         jobs = [TrialJob(name, plans[name].params, out / name, options) for name in pending]
-        executor = executor or LocalExecutor(workers)
+        if executor is None:  # worker processes with a fixed thread count: see RunOptions
+            executor = LocalExecutor(workers, threads=options.cpu_threads)
         failures = executor.run(run_trial_job, jobs, total=len(plans), progress=progress,
                                 desc="building zoo")
         if failures:

@@ -32,12 +32,21 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Runs jobs on this machine: in this process (workers=1) or in a process pool."""
+    """Runs jobs on this machine: in this process (workers=1) or in a process pool.
 
-    def __init__(self, workers: int = 1):
+    ``threads`` fixes the intra-op threads of every job: the jobs then always run in worker
+    processes (also with workers=1) that take that thread count when they start, so that the
+    result does not depend on the number of workers. Without it, pool workers share the cores
+    (cores // workers threads each) and workers=1 runs in this process.
+    """
+
+    def __init__(self, workers: int = 1, threads: int | None = None):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
         self.workers = workers
+        self.threads = threads
 
     def run(self, function: Callable[[Job], str | None], jobs: Sequence[Job], total: int,
             progress: bool = True, desc: str = "") -> dict[str, str]:
@@ -47,14 +56,14 @@ class LocalExecutor:
         failures: dict[str, str] = {}
         bar = tqdm(total=total, initial=total - len(jobs), disable=not progress, desc=desc)
         with bar:
-            if self.workers == 1 or len(jobs) <= 1:
+            if self.threads is None and (self.workers == 1 or len(jobs) <= 1):
                 for job in jobs:
                     error = function(job)
                     if error:
                         failures[job.name] = error
                     bar.update()
                 return failures
-            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            threads = self.threads or max(1, (os.cpu_count() or 1) // self.workers)
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
                                      initargs=(os.getpid(), threads)) as pool:

@@ -222,6 +222,11 @@ def _run_job(config: dict[str, int], function: Callable[[Job], str | None],
     from ray import tune
 
     job = jobs[config["job"]]
+    options = getattr(job, "options", None)  # a TrialJob's RunOptions: the build's thread count
+    if options is not None:
+        import torch
+
+        torch.set_num_threads(options.cpu_threads)
     error = function(job)
     if error:
         raise JobFailed(error)

@@ -25,10 +25,9 @@ import dataclasses
 import logging
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -187,20 +186,7 @@ def train_trial(
     (its folder has no completion marker, so a resumed build redoes it).
     """
     device = torch.device(options.device)
-    with fixed_cpu_threads(options.cpu_threads if device.type == "cpu" else None):
-        _train(params, Path(trial_dir), data, options, device, should_stop)
-
-
-@contextmanager
-def fixed_cpu_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` intra-op threads (None: leave them), then restore."""
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    _train(params, Path(trial_dir), data, options, device, should_stop)
 
 
 def _train(params: dict[str, Any], trial_dir: Path, data: Any, options: RunOptions,
