@@ -259,7 +259,11 @@ SPECS.register("digits-resnet18", ZooSpec(
            "at 8 so that the release fits in the repository (ResNet-18 parameters grow with "
            "width squared: 3.1k at width 1, 177k at width 8); batch sizes run from 112 steps "
            "per epoch (8) to 2 (512) over the 898 training images, so that the grid spans "
-           "under-fitted and interpolating models."),
+           "under-fitted and interpolating models. Mode connectivity trains each seed pair's "
+           "curve for 560 optimizer steps (benchmarks/curve_budget.py: on a width-3 pair mc "
+           "read -1.9 / +2.9 / +4.1 / +4.2 / +4.2 at 140 / 280 / 560 / 1,120 / 2,240 steps; "
+           "the reference's 10 epochs are 70 steps here)."),
+    curve_steps=560,
 ))
 
 # The same zoo on the rotated and shifted digits: a second data set for the same architecture,
