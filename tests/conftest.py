@@ -8,6 +8,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
 
+@pytest.fixture(autouse=True, scope="session")
+def native_cpu_kernels():
+    """oneDNN off in the test process: torch 2.13's CPU build corrupts memory in oneDNN
+    convolution backward passes on one thread (the `one_thread` fixture) and crashed the run
+    ("double free or corruption"). Annotation turns it off the same way; builds train in worker
+    processes, whose oneDNN is untouched (see zoo_builder.annotating.annotate)."""
+    import torch
+
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.backends.mkldnn.enabled = enabled
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Split files and other caches go to a temporary folder, never to ~/.cache."""

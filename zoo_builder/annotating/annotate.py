@@ -323,8 +323,12 @@ def annotate_grid_point(job: GridPointJob) -> str | None:
     points, ``functional_call``) or differentiated twice (Hessian-vector products); torch's
     native kernels compute the same values.
     """
-    with torch.backends.mkldnn.flags(enabled=torch.device(job.device).type != "cpu"):
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled and torch.device(job.device).type != "cpu"
+    try:
         return _annotate_grid_point(job)
+    finally:
+        torch.backends.mkldnn.enabled = enabled
 
 
 def _annotate_grid_point(job: GridPointJob) -> str | None:
