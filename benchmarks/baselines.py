@@ -5,6 +5,7 @@ Run from the repository root (with the project's venv active)::
 
     python benchmarks/baselines.py                                   # mini digits + shakespeare zoos
     python benchmarks/baselines.py --zoos digits-resnet18:mini --baselines linear-probe gmn
+    python benchmarks/baselines.py --zoos digits-resnet18-bench      # the released zoo, as it is
     python benchmarks/baselines.py --write-leaderboard               # also store the results
 
 Each zoo is built (and, for image zoos, annotated with landscape metrics and phases) once
@@ -69,7 +70,11 @@ PAPER_TABLE_1 = {"test_acc": "0.54-0.92", "ggap": "0.53-0.67", "cka": "0.13-0.46
 
 
 def prepare_zoo(reference: str, cache: Path, workers: int) -> Zoo:
-    """Build (resuming) the ``spec:preset`` zoo under ``cache``; annotate image zoos."""
+    """Build (resuming) the ``spec:preset`` zoo under ``cache`` and annotate image zoos; a
+    reference without a colon is a zoo as it is (a release name such as
+    ``digits-resnet18-bench``, or a folder)."""
+    if ":" not in reference:
+        return Zoo.resolve(reference)
     from zoo_builder.annotating.annotate import annotate_zoo
     from zoo_builder.building.build import build_zoo
     from zoo_builder.building.catalog import SPECS
