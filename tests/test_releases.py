@@ -275,3 +275,32 @@ def test_release_and_pack_commands(annotated_zoo, tmp_path, monkeypatch, capsys)
     listing = capsys.readouterr().out
     assert f"{NAME}@v1" in listing and "12 models, epochs 1,2" in listing
     assert str(registry / NAME / "v1") in listing
+
+
+# --------------------------------------------------------------------------- one table for all
+
+
+def test_a_users_entry_on_the_release_joins_the_baselines_table(released, tmp_path,
+                                                                monkeypatch):
+    """`wslbench evaluate my_model.py --zoo <release>` then `wslbench submit` lands in the table
+    of the baselines: everyone who evaluates the release evaluates the same revision."""
+    from test_user_models import readme_template
+    from wslbench.cli import main as wslbench_main
+    from wslbench.leaderboard_cli import main as leaderboard_main
+
+    record, registry = released
+    monkeypatch.setenv("WSLBENCH_RELEASES", str(registry))
+    board = tmp_path / "leaderboards"
+    (tmp_path / "my_model.py").write_text(readme_template())
+    for model, flags in (("linear-probe", ["--baseline"]),
+                         (str(tmp_path / "my_model.py"), [])):
+        out = tmp_path / f"{Path(model).stem}.json"
+        assert wslbench_main(["evaluate", model, "--task", "test_acc", "--zoo", NAME,
+                              "--seeds", "0", "1", "--output", str(out)]) == 0
+        assert json.loads(out.read_text())["zoo"]["revision"] == record.revision
+        assert wslbench_main(["submit", str(out), "--leaderboard", str(board), *flags]) == 0
+    entries = sorted(p.relative_to(board) for p in board.glob("entries/**/*.json"))
+    assert len(entries) == 2 and len({p.parent for p in entries}) == 1, entries
+    assert leaderboard_main(["leaderboard", "render", "--leaderboard", str(board)]) == 0
+    table = (board / "README.md").read_text()
+    assert table.count("| linear-probe") == 1 and "norm-probe" in table
