@@ -12,6 +12,7 @@ from wslbench.commands import run_command
 from wslbench.export import add_export_command
 from wslbench.leaderboard_cli import add_leaderboard_commands
 from wslbench.predictor import PREDICTORS, entry_points
+from wslbench.quickstart import REBUILD_PRESETS
 from wslbench.splits import SPLITS
 from wslbench.tasks import TASK_VERSIONS, TASKS, get_task
 
@@ -70,7 +71,7 @@ def _release_place(record) -> str:
 def format_scores(rows: list[tuple[str, str, dict]]) -> str:
     """A text table: predictor, task, then each score as its value (mean over seeds) and 95 %
     bootstrap interval over test grid points, with footnotes for the marks used."""
-    from wslbench.intervals import FOOTNOTES, format_score
+    from wslbench.intervals import format_score
 
     names = sorted({score for _, _, scores in rows for score in scores})
     cells = [[format_score(scores[n]) if n in scores else "" for n in names]
@@ -82,10 +83,45 @@ def format_scores(rows: list[tuple[str, str, dict]]) -> str:
     for (model, task, _), row in zip(rows, cells):
         lines.append(f"{model:<16} {task:<18} " + " ".join(
             f"{c:>{w}}" for c, w in zip(row, widths)))
-    lines.append("value: mean over seeds [95% bootstrap interval over test grid points]")
-    used = "".join(c for row in cells for c in row)
-    lines += [f"{mark} {text}" for mark, text in FOOTNOTES.items() if mark in used]
-    return "\n".join(lines)
+    return "\n".join(lines + _score_notes(cell for row in cells for cell in row))
+
+
+def _score_notes(cells) -> list[str]:
+    """The lines under a table of :func:`~wslbench.intervals.format_score` cells: what a value
+    and its interval are, and the footnotes of the marks used."""
+    from wslbench.intervals import FOOTNOTES
+
+    used = "".join(cells)
+    return (["value: mean over seeds [95% bootstrap interval over test grid points]"]
+            + [f"{mark} {text}" for mark, text in FOOTNOTES.items() if mark in used])
+
+
+def format_task_table(rows) -> str:
+    """The quickstart's table, one line per task (:class:`wslbench.quickstart.TaskRow`): its
+    main score as value [95 % interval], and the test models and grid points it is scored
+    on; a task that was not scored says why."""
+    from wslbench.intervals import format_score
+
+    table = []
+    for row in rows:
+        task = row.task
+        if row.result is None:
+            table.append((task.reference, task.main_score.value, "-", "-",
+                          f"not scored: {row.reason}"))
+            continue
+        table.append((task.reference, task.main_score.value,
+                      str(row.result.split["sizes"]["test"]),
+                      str(row.result.bootstrap["n_grid_points"]),
+                      format_score(row.result.scores[task.main_score.value])))
+    names = ("task", "main score", "test models", "grid points", "value [95% interval]")
+    widths = [max([len(n)] + [len(r[i]) for r in table]) for i, n in enumerate(names[:4])]
+    header = (f"{names[0]:<{widths[0]}}  {names[1]:<{widths[1]}}  {names[2]:>{widths[2]}}  "
+              f"{names[3]:>{widths[3]}}  {names[4]}")
+    lines = [header, "-" * len(header)]
+    for r in table:
+        lines.append(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  "
+                     f"{r[3]:>{widths[3]}}  {r[4]}")
+    return "\n".join(lines + _score_notes(r[4] for r in table if r[2] != "-"))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -138,11 +174,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from wslbench.quickstart import run_quickstart
+    from wslbench import quickstart
 
     started = time.perf_counter()
-    rows = run_quickstart(cache=args.cache, workers=args.workers, seeds=args.seeds)
-    print(format_scores(rows))
+    if args.rebuild:
+        preset = args.preset or "mini"
+        print(quickstart.announce_rebuild(preset, args.cache), flush=True)
+        zoo = quickstart.rebuild_zoo(preset, args.cache, workers=args.workers or 2)
+    else:
+        given = [flag for flag, value in (("--preset", args.preset), ("--workers", args.workers),
+                                          ("--cache", args.cache)) if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply with --rebuild (the quickstart "
+                             "evaluates the released zoo and builds nothing)")
+        record = quickstart.release_record()
+        print(quickstart.announce_release(record), flush=True)
+        zoo = quickstart.open_release(record)
+    rows = quickstart.evaluate_tasks(zoo, seeds=args.seeds)
+    print(f"zoo {zoo.root} ({len(zoo)} models, revision {zoo.revision[:12]}); linear-probe, "
+          f"split {quickstart.QUICKSTART_SPLIT}, seeds {' '.join(map(str, args.seeds))}")
+    print(format_task_table(rows))
     print(f"quickstart finished in {time.perf_counter() - started:.0f}s")
     return 0
 
@@ -183,12 +234,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_leaderboard_commands(commands)
     add_export_command(commands)
 
-    qs = commands.add_parser("quickstart", help="build the mini digits zoo and evaluate "
-                                                "linear-probe on every task")
-    qs.add_argument("--cache", help="where the zoo is built and reused (default: "
-                                    "$WSLBENCH_CACHE or ~/.cache/wslbench)")
-    qs.add_argument("--workers", type=int, default=2, help="models trained in parallel")
-    qs.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    qs = commands.add_parser(
+        "quickstart", help="evaluate linear-probe on every task of the released zoo "
+                           "digits-resnet18-bench (no training); --rebuild builds and "
+                           "annotates a digits zoo first (long)")
+    qs.add_argument("--rebuild", action="store_true",
+                    help="build and annotate a digits-resnet18 zoo from scratch, then evaluate "
+                         "on it (long: the mini preset measured 38.6 CPU-minutes, see README)")
+    qs.add_argument("--preset", choices=REBUILD_PRESETS,
+                    help="with --rebuild: the zoo's preset (default: mini)")
+    qs.add_argument("--workers", type=int,
+                    help="with --rebuild: models trained and annotated in parallel (default: 2)")
+    qs.add_argument("--cache", help="with --rebuild: where the zoo is built and reused, under "
+                                    "zoos/ (default: $WSLBENCH_CACHE or ~/.cache/wslbench)")
+    qs.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="predictor training seeds")
     qs.set_defaults(run=cmd_quickstart)
     return parser
 

@@ -142,7 +142,7 @@ class Zoo:
         raise FileNotFoundError(
             f"no zoo {str(reference)!r}: not a folder, and not a zoo name in "
             f"{', '.join(map(str, zoo_dirs()))}; {hint}known: {', '.join(known) or 'none'}. "
-            "Build one with `wslbench quickstart` or `zoo-builder build SPEC --out DIR`")
+            "Build one with `wslbench quickstart --rebuild` or `zoo-builder build SPEC --out DIR`")
 
     @cached_property
     def revision(self) -> str:
