@@ -71,7 +71,8 @@ def test_model_logits_are_eval_mode_and_restore_the_mode():
     with torch.no_grad():
         expected = copy.deepcopy(model).eval()(2 * images - 1)
     assert logits.shape == (20, 10)
-    assert torch.allclose(logits, expected, atol=1e-5)
+    # batches of 7 against one of 20: float32 sums in another order (1e-4 with native kernels)
+    assert torch.allclose(logits, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_seed_pair_cka():
