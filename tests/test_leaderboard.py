@@ -412,9 +412,9 @@ def test_entries_store_intervals_and_grid_points(ranked):
     entry = lb.Entry.from_json(json.loads(ranked_entry(ranked, "noisy-signal").read_text()))
     task = entry.tasks["test_acc"]
     assert entry.schema_version == 2
-    assert task.bootstrap.n_grid_points == 6 and task.bootstrap.resamples == 1000
+    assert task.bootstrap.n_grid_points == 7 and task.bootstrap.resamples == 1000
     assert set(task.grid_points) == set(task.predictions["0"])
-    assert len(set(task.grid_points.values())) == 6
+    assert len(set(task.grid_points.values())) == 7
     r2 = task.scores["r2"]
     assert r2.ci95[0] <= r2.value <= r2.ci95[1] and r2.reason is None
     assert lb.validate(ranked) and problems(ranked) == {}
@@ -456,7 +456,7 @@ def test_grid_points_and_bootstrap_settings_are_checked(ranked, tmp_path):
         points = data["tasks"]["test_acc"]["grid_points"]
         data["tasks"]["test_acc"]["grid_points"] = {k: "0" * 16 for k in points}
     edit(path, one_grid_point)
-    assert "grid_points of 12 samples are not the reference's" in " ".join(
+    assert "grid_points of 14 samples are not the reference's" in " ".join(
         problems(root)[str(path.relative_to(root))])
 
     shutil.copy(ranked_entry(ranked, "noisy-signal"), path)
