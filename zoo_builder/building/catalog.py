@@ -258,8 +258,9 @@ SPECS.register("digits-resnet18", ZooSpec(
            "paper's grid shape (8 loads x 8 temperatures x 3 seeds = 192 models). Widths stop "
            "at 8 so that the release fits in the repository (ResNet-18 parameters grow with "
            "width squared: 3.1k at width 1, 177k at width 8); batch sizes run from 112 steps "
-           "per epoch (8) to 2 (512) over the 898 training images, so that the grid spans "
-           "under-fitted and interpolating models. Mode connectivity trains each seed pair's "
+           "per epoch (8) to 2 (512) over the 898 training images. Measured on its first build "
+           "(2026-12-03): 20 epochs leave most models under-fitted (phases v2: II 162, IV-A "
+           "30 of 192), so this preset is not yet the release; it needs more epochs. Mode connectivity trains each seed pair's "
            "curve for 560 optimizer steps (benchmarks/curve_budget.py: on a width-3 pair mc "
            "read -1.9 / +2.9 / +4.1 / +4.2 / +4.2 at 140 / 280 / 560 / 1,120 / 2,240 steps; "
            "the reference's 10 epochs are 70 steps here)."),
