@@ -50,6 +50,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+REGISTRY_HELP = ("the registry file or folder (default: $WSLBENCH_RELEASES, else "
+                 "releases/index.json)")
+
+
 def make_executor(args: argparse.Namespace):
     """The Ray executor for ``--executor ray``, set up from the build flags; None for the
     local one, which build_zoo makes (worker processes of a fixed thread count)."""
@@ -294,8 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "here and print its sha256")
     release.add_argument("--url", help="with --archive: the URL the archive will be hosted at, "
                                        "recorded with its sha256")
-    release.add_argument("--registry", help="the registry file or folder (default: "
-                                            "$WSLBENCH_RELEASES, else releases/index.json)")
+    release.add_argument("--registry", help=REGISTRY_HELP)
     release.set_defaults(run=cmd_release)
 
     pack_cmd = commands.add_parser(
@@ -304,8 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     pack_cmd.add_argument("--out", required=True, help="the archive to write (.tar.gz or .tar)")
     pack_cmd.add_argument("--url", help="the URL the archive will be hosted at; recorded in the "
                                         "registry with its sha256")
-    pack_cmd.add_argument("--registry", help="the registry file or folder (default: "
-                                             "$WSLBENCH_RELEASES, else releases/index.json)")
+    pack_cmd.add_argument("--registry", help=REGISTRY_HELP)
     pack_cmd.set_defaults(run=cmd_pack)
 
     compare = commands.add_parser(
