@@ -244,8 +244,14 @@ def test_the_curve_budget_is_optimizer_steps_whatever_the_data_set_size(digits, 
 def test_curve_convergence_is_judged_on_the_loss_before_the_rate_decays():
     from zoo_builder.annotating.landscape.mode_connectivity import CurveTraining
 
-    still_falling = CurveTraining.from_losses(list(np.linspace(2.0, 0.5, 100)))
-    assert not still_falling.converged and still_falling.loss_drop > 0.05
-    flat = CurveTraining.from_losses([2.0] * 10 + [0.3] * 90)
+    ln10 = math.log(10)
+    still_falling = CurveTraining.from_losses(list(np.linspace(2.0, 0.5, 100)), ln10)
+    assert not still_falling.converged
+    assert still_falling.loss_drop == pytest.approx((1.5 * 0.2) / ln10, rel=0.05)
+    flat = CurveTraining.from_losses([2.0] * 10 + [0.3] * 90, ln10)
     assert flat.converged and flat.loss_drop == pytest.approx(0.0)
     assert flat.steps == 100 and flat.loss_final == pytest.approx(0.3)
+    # Near zero a halving loss is a tiny drop in units of ln(C): converged, where a relative
+    # drop (50%) would never be.
+    near_zero = CurveTraining.from_losses([0.04] * 30 + [0.02] * 70, ln10)
+    assert near_zero.converged and near_zero.loss_drop == pytest.approx(0.02 / ln10)

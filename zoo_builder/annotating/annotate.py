@@ -14,8 +14,8 @@ checkpointed epoch), the values go into result.json at that epoch under the publ
 - ``curve_mc_train_error``, ``curve_mc_test_error`` (in %), ``curve_mc_train_loss``,
   ``curve_mc_test_loss``: Bezier mode connectivity, averaged over the seed pairs, with the
   curve training's budget and convergence: ``curve_steps``, ``curve_loss_final`` (mean loss
-  along the curve over the last 10% of steps), ``curve_loss_drop`` (relative drop between the
-  10-30% and 30-50% windows) and ``curve_converged`` (the fraction of pairs that converged);
+  along the curve over the last 10% of steps), ``curve_loss_drop`` (drop between the
+  10-30% and 30-50% windows, in units of ln(C)) and ``curve_converged`` (the fraction of pairs that converged);
 - ``phase`` and ``phase_rules_version`` (rules v1, as released) and ``phase_v2`` (rules v2, the
   default), from the metrics above (:mod:`zoo_builder.annotating.phases`).
 
