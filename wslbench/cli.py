@@ -126,18 +126,17 @@ def format_task_table(rows) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from wslbench.evaluate import evaluate
-    from wslbench.predictor import load_predictor_class
     from wslbench.splits import resolve_split
     from wslbench.zoo import Zoo
 
-    predictor_class = load_predictor_class(args.model)
-    name = args.model if args.model in PREDICTORS else getattr(predictor_class, "name", args.model)
+    # The predictor is imported only in its own process (see wslbench.isolation), never here.
     task = get_task(args.task)
     zoo = Zoo.resolve(args.zoo)
     test_zoo = Zoo.resolve(args.test_zoo) if args.test_zoo else None
     split, split_path = resolve_split(zoo, args.split, test_zoo)
-    result = evaluate(predictor_class, task, zoo, split, seeds=args.seeds,
-                      predictor_name=name, test_zoo=test_zoo, device=args.device)
+    result = evaluate(args.model, task, zoo, split, seeds=args.seeds,
+                      test_zoo=test_zoo, device=args.device)
+    name = result.predictor["name"]
     tested_on = f"; test zoo {test_zoo.root}" if test_zoo else ""
     print(f"zoo {zoo.root} ({len(zoo)} models, revision {zoo.revision[:12]}){tested_on}; "
           f"split {split.name} {result.split['sizes']} ({split_path})")

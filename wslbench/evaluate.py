@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import platform
-import random
-import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -29,8 +25,8 @@ from wslbench.intervals import (
     grid_point_id,
     score_task,
 )
-from wslbench.paths import cache_dir
-from wslbench.predictor import ModelSample, instantiate
+from wslbench.isolation import CheckpointStage, check_predictions, running
+from wslbench.predictor import ModelSample
 from wslbench.splits import PARTS, Split
 from wslbench.tasks import Score, Task, TaskKind
 from wslbench.zoo import ModelRecord, Zoo
@@ -147,53 +143,6 @@ def split_targets(task: Task, zoo: Zoo, split: Split, part: str = "test",
     return {item.sample_id: item.target for item in task_items(task, zoo, split, part, test_zoo)}
 
 
-class CheckpointStage:
-    """A private folder holding each sample's checkpoint file under an opaque name.
-
-    The samples a predictor gets load their weights from here, so neither their loader (a
-    path) nor their name leads to a model's trial folder: not to its result.json (the
-    targets) nor to its trial name (the hyperparameters). Files are hard links where the file
-    system allows, else copies; the folder is removed when the stage closes.
-    """
-
-    def __init__(self, base: Path | None = None):
-        base = Path(base) if base is not None else cache_dir() / "stage"
-        base.mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix="run-", dir=base))
-        self.copied = 0
-
-    @staticmethod
-    def opaque_name(zoo_revision: str, sample_id: str) -> str:
-        """A name that identifies a sample (stable across runs, for feature caches) and
-        says nothing about it."""
-        return "model-" + fmt.canonical_hash([zoo_revision, sample_id])[:20]
-
-    def add(self, trial_dir: Path, epoch: int, name: str) -> Path:
-        """Link the checkpoint of ``trial_dir`` at ``epoch`` in as trial ``name``."""
-        source = fmt.checkpoint_file(trial_dir, epoch)
-        target = fmt.checkpoint_dir(self.folder / name, epoch) / source.name
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(source, target)
-            except OSError:  # another file system: copy
-                shutil.copyfile(source, target)
-                self.copied += 1
-        return self.folder / name
-
-    def close(self) -> None:
-        if self.copied:
-            log.info("copied %d checkpoints to %s (no hard links across file systems)",
-                     self.copied, self.folder)
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    def __enter__(self) -> "CheckpointStage":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 def samples(items: Sequence[TaskItem], task: Task, zoo_revision: str = "",
             stage: CheckpointStage | None = None) -> list[ModelSample]:
     """What a predictor may see of each item: its weights at the item's epoch, and the
@@ -224,48 +173,54 @@ def samples(items: Sequence[TaskItem], task: Task, zoo_revision: str = "",
     return out
 
 
-def evaluate(predictor_class: type, task: Task, zoo: Zoo, split: Split,
+def evaluate(predictor: type | str, task: Task, zoo: Zoo, split: Split,
              seeds: Sequence[int] = (0,), predictor_name: str | None = None,
              test_zoo: Zoo | None = None, device: str | None = None) -> EvaluationResult:
     """Fit a fresh predictor per seed on the split's train part, score it on the test part.
 
+    ``predictor`` is a predictor class (importable by its module, or defined in a .py file)
+    or a reference as ``wslbench evaluate`` takes it (a registered name, entry point,
+    ``file.py[:Class]`` or ``module[:Class]``). It runs in a separate process that gets the
+    weights as read-only copies and never the targets of test models (see
+    :mod:`wslbench.isolation`); this process keeps the targets and scores the predictions.
     ``device`` is passed to predictors whose constructor takes one."""
     started, clock = datetime.now(timezone.utc), time.perf_counter()
-    for source in (zoo,) if test_zoo is None else (zoo, test_zoo):
-        source.check_integrity()  # checkpoints, params and results as the manifest records them
-    items: dict[str, list[TaskItem]] = {}
-    for part in PARTS:
-        items[part] = task_items(task, zoo, split, part, test_zoo)
-        missing = len(split.part(part)) - len({i.model.name for i in items[part]})
-        if missing:
-            log.warning("%s: %d %s models have no %s target and are left out", zoo.name,
-                        missing, part, task.name)
-        if not items[part]:
-            raise ValueError(f"the {part} part of split '{split.name}' has no model with a "
-                             f"'{task.name}' target in zoo '{zoo.root}'")
-    targets = {part: task.as_array(i.target for i in items[part]) for part in PARTS}
-    test_ids = [item.sample_id for item in items["test"]]
+    zoos = (zoo,) if test_zoo is None else (zoo, test_zoo)
+    with running(predictor, [z.root for z in zoos], device) as process:
+        for source in zoos:  # checkpoints, params and results as the manifest records them
+            source.check_integrity()
+        items: dict[str, list[TaskItem]] = {}
+        for part in PARTS:
+            items[part] = task_items(task, zoo, split, part, test_zoo)
+            missing = len(split.part(part)) - len({i.model.name for i in items[part]})
+            if missing:
+                log.warning("%s: %d %s models have no %s target and are left out", zoo.name,
+                            missing, part, task.name)
+            if not items[part]:
+                raise ValueError(f"the {part} part of split '{split.name}' has no model with "
+                                 f"a '{task.name}' target in zoo '{zoo.root}'")
+        targets = {part: task.as_array(i.target for i in items[part]) for part in PARTS}
+        with CheckpointStage() as stage:
+            job = {"task": task.reference, "seeds": [int(s) for s in seeds], "parts": {}}
+            for part in PARTS:
+                revision = (test_zoo if part == "test" and test_zoo else zoo).revision
+                described = [_described(sample) for sample in
+                             samples(items[part], task, revision, stage)]
+                job["parts"][part] = {"samples": described}
+                if part != "test":  # the child never gets the targets of test models
+                    job["parts"][part]["targets"] = [_json_target(t) for t in targets[part]]
+            answer = process.run(job, stage)
+        label = process.label
 
+    test_ids = [item.sample_id for item in items["test"]]
+    classification = task.kind is TaskKind.CLASSIFICATION
     predicted_by_seed: dict[int, np.ndarray] = {}
-    predictions: dict[str, dict[str, float]] = {}
-    with CheckpointStage() as stage:
-        inputs = {part: samples(items[part], task, (test_zoo if part == "test" and test_zoo
-                                                    else zoo).revision, stage)
-                  for part in PARTS}
-        for seed in seeds:
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.manual_seed(seed)
-            predictor = instantiate(predictor_class, seed, device)
-            predictor.fit(inputs["train"], targets["train"], inputs["val"], targets["val"])
-            predicted = task.as_array(np.asarray(predictor.predict(inputs["test"]),
-                                                 dtype=object).reshape(-1))
-            if predicted.shape != targets["test"].shape:
-                raise ValueError(f"predict() returned {predicted.shape[0]} values for "
-                                 f"{len(targets['test'])} test models")
-            as_json = str if task.kind is TaskKind.CLASSIFICATION else float
-            predictions[str(seed)] = {i: as_json(v) for i, v in zip(test_ids, predicted)}
-            predicted_by_seed[seed] = predicted
+    predictions: dict[str, dict[str, float | str]] = {}
+    for seed in seeds:
+        values = check_predictions(answer["predictions"][str(seed)], test_ids, classification,
+                                   label, seed)
+        predictions[str(seed)] = dict(zip(test_ids, values))
+        predicted_by_seed[seed] = task.as_array(values)
 
     grid_points = {item.sample_id: grid_point_id(item.model.grid_point)
                    for item in items["test"]}
@@ -278,10 +233,11 @@ def evaluate(predictor_class: type, task: Task, zoo: Zoo, split: Split,
     if test_zoo is not None:
         zoo_info["test_zoo"] = {"name": test_zoo.name, "path": str(test_zoo.root),
                                 "revision": test_zoo.revision, "n_models": len(test_zoo)}
+    identity = answer["identity"]
     return EvaluationResult(
-        predictor={"name": predictor_name or getattr(predictor_class, "name", None)
-                   or predictor_class.__name__,
-                   "class": f"{predictor_class.__module__}:{predictor_class.__qualname__}"},
+        predictor={"name": predictor_name or identity.get("name") or
+                   identity["class"].rpartition(":")[2],
+                   "class": identity["class"], "identity": identity},
         task={"name": task.name, "version": task.version, "kind": task.kind.value,
               "main_score": task.main_score.value},
         zoo=zoo_info,
@@ -299,6 +255,18 @@ def evaluate(predictor_class: type, task: Task, zoo: Zoo, split: Split,
             "wall_time_s": round(time.perf_counter() - clock, 3),
         },
     )
+
+
+def _described(sample: ModelSample) -> dict[str, Any]:
+    """A staged sample as the predictor's process rebuilds it (no path: the process loads
+    ``<stage>/<name>``)."""
+    return {"name": sample.name, "epoch": sample.epoch, "model_args": sample.model_args,
+            "hyperparameters": sample.hyperparameters, "zoo_revision": sample.zoo_revision,
+            "fingerprint": sample.fingerprint}
+
+
+def _json_target(value: Any) -> float | str:
+    return value if isinstance(value, str) else float(value)
 
 
 def _warn_about(scores: dict[str, dict[str, Any]], task: Task, split: Split) -> None:
