@@ -201,35 +201,50 @@ def test_predictors_see_only_what_the_task_allows(tiny_zoo):
         "name", "epoch", "model_args", "hyperparameters", "_load", "zoo_revision", "fingerprint"}
 
 
-def test_evaluated_samples_lead_to_no_trial_folder(tiny_zoo):
+SPY = """
+import json
+from pathlib import Path
+
+import numpy as np
+
+REPORT = Path({report!r})
+seen = {{}}
+
+
+def look(models):  # while the predictor runs (in its own process)
+    for sample in models:
+        folder = Path(sample._load.args[0])
+        seen[sample.name] = (str(folder), folder.is_dir(), sorted(
+            p.name for p in folder.rglob("*") if p.is_file()))
+    REPORT.write_text(json.dumps(seen))
+
+
+class Spy:
+    def fit(self, train, train_targets, val, val_targets):
+        look(list(train) + list(val))
+
+    def predict(self, models):
+        look(models)
+        return np.zeros(len(models))
+"""
+
+
+def test_evaluated_samples_lead_to_no_trial_folder(tiny_zoo, tmp_path):
     """What evaluate() hands a predictor names no trial (whose name holds the
     hyperparameters) and loads from a stage folder that holds the weights and nothing else
     (no result.json: the targets)."""
     zoo = Zoo.open(tiny_zoo)
     split = make_split(zoo, SPLITS.get("iid"))
-    seen = {}
-
-    def look(models):  # while the predictor runs
-        for sample in models:
-            folder = Path(sample._load.args[0])
-            seen[sample.name] = (folder, folder.is_dir(), sorted(
-                p.name for p in folder.rglob("*") if p.is_file()))
-
-    class Spy:
-        def fit(self, train, train_targets, val, val_targets):
-            look(list(train) + list(val))
-
-        def predict(self, models):
-            look(models)
-            return np.zeros(len(models))
-
-    result = evaluate(Spy, get_task("test_acc"), zoo, split)
+    report = tmp_path / "seen.json"
+    (tmp_path / "spy.py").write_text(SPY.format(report=str(report)))
+    result = evaluate(str(tmp_path / "spy.py"), get_task("test_acc"), zoo, split)
+    seen = json.loads(report.read_text())
     assert len(seen) == len(zoo)
     for name, (folder, existed, files) in seen.items():
         assert name.startswith("model-") and "width" not in name
         assert existed and files == ["model.safetensors"]  # the weights, nothing else
-        assert zoo.root not in folder.parents
-        assert not folder.exists()  # the stage is removed after the evaluation
+        assert zoo.root not in Path(folder).parents
+        assert not Path(folder).exists()  # the stage is removed after the evaluation
     assert set(result.predictions["0"]) == set(split.test)  # results keep the real ids
 
 

@@ -87,15 +87,15 @@ def test_evaluate_options_zoo_by_name_split_and_device(user_package, tiny_zoo, m
 
 
 def test_device_reaches_predictors_that_take_one(tmp_path, tiny_zoo):
+    seen = tmp_path / "devices.txt"
     source = tmp_path / "device_model.py"
-    source.write_text(textwrap.dedent('''
+    source.write_text(textwrap.dedent(f'''
         import numpy as np
 
         class OnDevice:
-            seen = []
-
             def __init__(self, seed=0, device="cpu"):
-                OnDevice.seen.append(device)
+                with open({str(seen)!r}, "a") as log:  # the predictor runs in its own process
+                    log.write(device + "\\n")
 
             def fit(self, train, train_targets, val, val_targets):
                 self.mean = float(np.mean(train_targets))
@@ -104,7 +104,7 @@ def test_device_reaches_predictors_that_take_one(tmp_path, tiny_zoo):
                 return np.full(len(models), self.mean)
     '''))
     result = _evaluate(str(source), tiny_zoo, tmp_path / "r.json", "--device", "cpu")
-    assert sys.modules["wslbench_user_device_model"].OnDevice.seen == ["cpu", "cpu"]
+    assert seen.read_text().split() == ["cpu", "cpu"]
     assert result["provenance"]["hardware"].startswith("cpu")
 
 

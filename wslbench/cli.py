@@ -20,14 +20,16 @@ from wslbench.tasks import TASK_VERSIONS, TASKS, get_task
 def cmd_ls(args: argparse.Namespace) -> int:
     what = args.what
     if what in ("all", "tasks"):
-        print("tasks (name@version, main score, what predictors see: W weights, A architecture "
-              "arguments, H hyperparameters):")
+        print("tasks (name@version, main score, kind: regression targets are numbers, "
+              "classification targets string labels; what predictors see: W weights, A "
+              "architecture arguments, H hyperparameters):")
         for name in TASK_VERSIONS:
             task = get_task(name)
             sees = "".join(flag for flag, seen in (("W", True), ("A", task.sees_architecture),
                                                    ("H", task.sees_hyperparameters)) if seen)
             newest = "" if TASKS.get(task.name) is task else "  (superseded)"
-            print(f"  {name:<22} {task.main_score.value:<11} {sees:<3} {task.description}{newest}")
+            print(f"  {name:<22} {task.main_score.value:<11} {task.kind.value:<14} {sees:<3} "
+                  f"{task.description}{newest}")
     if what in ("all", "splits"):
         print("splits:")
         for name in SPLITS.registration_order():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import math
 import platform
 import subprocess
 import time
@@ -13,7 +15,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 import wslbench
 from wslbench import zoo_format as fmt
@@ -83,10 +84,28 @@ class EvaluationResult:
     schema_version: int = RESULT_SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The result as strict JSON data: a number that is undefined (NaN) or infinite is
+        null, and the score's ``reason`` says why."""
+        return _finite(asdict(self))
 
     def save(self, path: Path) -> None:
-        fmt.atomic_write_json(path, self.to_json())
+        text = json.dumps(self.to_json(), indent=2, sort_keys=True, allow_nan=False)
+        fmt.atomic_write_bytes(Path(path), (text + "\n").encode())
+
+
+def _finite(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by None (JSON has neither)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        finite = {k: _finite(v) for k, v in data.items()}
+        if "reason" in finite and finite.get("reason") is None and any(
+                isinstance(v, float) and not math.isfinite(v) for v in data.values()):
+            finite["reason"] = "undefined (not a finite number)"
+        return finite
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 @dataclass(frozen=True)
@@ -250,8 +269,8 @@ def evaluate(predictor: type | str, task: Task, zoo: Zoo, split: Split,
         bootstrap=bootstrap_info(part),
         provenance={
             "package_version": wslbench.__version__, "git_hash": git_hash(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "hardware": hardware(device), "started": started.isoformat(timespec="seconds"),
+            "python": platform.python_version(), "torch": answer["torch"],
+            "hardware": answer["hardware"], "started": started.isoformat(timespec="seconds"),
             "wall_time_s": round(time.perf_counter() - clock, 3),
         },
     )
@@ -293,7 +312,10 @@ def git_hash() -> str | None:
 
 
 def hardware(device: str | None = None) -> str:
-    """The device the predictor ran on, as far as the run can tell."""
+    """The device the predictor ran on, as far as the run can tell (the predictor's process
+    reports it)."""
+    import torch
+
     if torch.cuda.is_available() and (device is None or str(device).startswith("cuda")):
         return f"cuda: {torch.cuda.get_device_name(torch.device(device or 'cuda'))}"
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"

@@ -34,14 +34,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Iterable, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import wslbench
 from wslbench import zoo_format as fmt
-from wslbench.dataset import ordered_state_dict, select_checkpoints
 from wslbench.zoo import Zoo
+
+if TYPE_CHECKING:  # torch and the dataset module load where weights are exported, so that
+    import torch  # the `wslbench` command starts without them
 
 CROISSANT_FILE = "croissant.json"
 CROISSANT_1_0 = "http://mlcommons.org/croissant/1.0"
@@ -154,6 +154,8 @@ def weights_to_bytes(state_dict: Mapping[str, torch.Tensor],
     """A state_dict as safetensors bytes (tensors that share memory are copied apart)."""
     from safetensors.torch import save
 
+    from wslbench.dataset import ordered_state_dict
+
     tensors, seen = {}, set()
     for key, tensor in ordered_state_dict(state_dict).items():
         tensor = tensor.detach().cpu().contiguous()
@@ -168,6 +170,8 @@ def weights_to_bytes(state_dict: Mapping[str, torch.Tensor],
 def load_weights_from_row(row: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The tensors of one ``checkpoints`` row (from ``load_from_disk``, parquet or pandas)."""
     from safetensors.torch import load
+
+    from wslbench.dataset import ordered_state_dict
 
     blob = row["weights"] if "weights" in row else None
     if blob is None:
@@ -329,6 +333,8 @@ def _write_checkpoints(zoo: Zoo, epochs, weights: bool, writer_args: dict,
         fields.append(pa.field("weights", pa.binary()))
     writer = _ConfigWriter("checkpoints", pa.schema(fields), no_statistics=("weights",),
                            json_columns=_mixed(types), **writer_args)
+    from wslbench.dataset import select_checkpoints
+
     pairs = select_checkpoints(zoo.models, epochs)
     for model, epoch in tqdm(pairs, desc=f"exporting {zoo.name}", unit="checkpoint",
                              disable=None if progress is None else not progress):

@@ -139,6 +139,9 @@ class CheckpointStage:
         error about a staged checkpoint names the zoo's file (the stage is gone by then)."""
         for name, trial in self.sources.items():
             text = text.replace(str(self.folder / name), str(trial))
+        for name, trial in self.sources.items():  # a bare opaque name: say which trial
+            text = re.sub(rf"\b{name}\b", lambda m, t=trial: f"{m[0]} (trial '{t.name}')",
+                          text)
         return text
 
     def close(self) -> None:
@@ -179,8 +182,6 @@ class PredictorProcess:
     the parent checks the zoo and stages the weights), then :meth:`run` a job."""
 
     def __init__(self, predictor: str | type, zoo_roots: Sequence[Path], device: str | None):
-        import torch
-
         self.reference, self.file = predictor_reference(predictor)
         self.label = _label(self.reference)
         self.zoo_roots = [Path(r).resolve() for r in zoo_roots]
@@ -188,13 +189,14 @@ class PredictorProcess:
         self._answer_dir = Path(tempfile.mkdtemp(prefix="wslbench-answer-"))
         self.answer_path = self._answer_dir / "answer.json"
         self._tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
-        self._hidden = _HiddenParent()
+        self._hidden = _HiddenParent(self.zoo_roots, self._answer_dir)
+        workdir = self._working_dir()  # before the parent itself moves out of it
         self._hidden.__enter__()
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "wslbench.predictor_child"], stdin=subprocess.PIPE,
                 stderr=subprocess.PIPE, env=child_environment(self.zoo_roots),
-                cwd=self._working_dir(), close_fds=True)
+                cwd=workdir, close_fds=True)
         except BaseException:
             self._hidden.__exit__(None, None, None)
             raise
@@ -202,14 +204,15 @@ class PredictorProcess:
         self._reader.start()
         self._send({"predictor": self.reference, "file": self.file,
                     "sys_path": [os.path.abspath(p or os.curdir) for p in sys.path],
-                    "threads": torch.get_num_threads(),
-                    "mkldnn": bool(torch.backends.mkldnn.enabled),
+                    **_torch_settings(),
                     "answer": str(self.answer_path)})
 
     def _working_dir(self) -> str:
-        """The user's working directory, unless it lies in a zoo: then a neutral one."""
+        """The user's working directory, unless a zoo lies in it or it lies in a zoo: then
+        an empty private folder."""
         here = Path.cwd().resolve()
-        if any(here == root or root in here.parents for root in self.zoo_roots):
+        if any(here == root or root in here.parents or here in root.parents
+               for root in self.zoo_roots):
             return str(self._answer_dir)
         return str(here)
 
@@ -258,8 +261,9 @@ class PredictorProcess:
             raise PredictorProcessError(stage.in_zoo_terms(self._death(code)))
         if not answer["ok"]:
             error = answer["error"]
+            details = stage.in_zoo_terms(error["traceback"])
             raise PredictorError(stage.in_zoo_terms(self._describe(error)),
-                                 stage.in_zoo_terms(error["traceback"]))
+                                 details) from ChildTraceback(details)
         return answer
 
     def _read_answer(self) -> dict[str, Any] | None:
@@ -297,7 +301,7 @@ class PredictorProcess:
             function = f" in {where['function']}" if where.get("function") else ""
             code = f": {where['code']}" if where.get("code") else ""
             at = f"\n  at {where['file']}:{where['line']}{function}{code}"
-        return (f"predictor {self.label} failed while {error['stage']}: {kind}: "
+        return (f"predictor {self.label} failed {error['stage']}: {kind}: "
                 f"{error['message']}{at}\n({VERBOSE_HINT})")
 
     def close(self) -> None:
@@ -324,6 +328,15 @@ class PredictorProcess:
         self.close()
 
 
+def _torch_settings() -> dict[str, Any]:
+    """The parent's thread count and oneDNN switch for the child to copy, where the parent
+    has imported torch (``wslbench evaluate`` does not; then the child keeps torch's own)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {"threads": None, "mkldnn": None}
+    return {"threads": torch.get_num_threads(), "mkldnn": bool(torch.backends.mkldnn.enabled)}
+
+
 def _label(reference: str) -> str:
     return f"'{reference}'"
 
@@ -340,21 +353,32 @@ def child_environment(zoo_roots: Sequence[Path]) -> dict[str, str]:
 
 
 class _HiddenParent:
-    """While the child runs: the parent's command line reads as a neutral title (it may hold
-    ``--zoo PATH``), and the parent is not dumpable, which closes its ``/proc/PID/{environ,
-    mem,cwd,fd,maps}`` to other processes of the same user. Both are restored afterwards.
-    Linux only; elsewhere (or where /proc is unusual) nothing is changed."""
+    """While the child runs: the parent's working directory is an empty private folder (the
+    user's may hold the zoo), its command line reads as a neutral title (it may hold
+    ``--zoo PATH``), every zoo path in its original environment block (what
+    ``/proc/PID/environ`` shows) is masked with ``*``, and the parent is not dumpable, which
+    closes its ``/proc/PID/{environ,mem,cwd,fd,maps}`` to other processes of the same user
+    (not to root). All is restored afterwards. Linux only; elsewhere nothing is changed.
+
+    The masks write into the process's own argument and environment strings, which Python
+    copied at start-up (``sys.argv``, ``os.environ``); the environment keeps its lengths, so
+    C code that reads a masked variable meanwhile sees stars, never a broken string."""
 
     TITLE = b"wslbench (arguments hidden while a predictor runs)"
     _PR_SET_DUMPABLE, _PR_GET_DUMPABLE = 4, 3
 
-    def __init__(self):
-        self._saved: tuple[int, bytes] | None = None
+    def __init__(self, zoo_roots: Sequence[Path], neutral: Path):
+        self._names = [str(r).encode() for r in zoo_roots]
+        self._neutral = neutral
+        self._saved: list[tuple[int, bytes]] = []
         self._dumpable: int | None = None
+        self._cwd: str | None = None
 
     def __enter__(self) -> "_HiddenParent":
         if not sys.platform.startswith("linux"):
             return self
+        self._cwd = os.getcwd()
+        os.chdir(self._neutral)
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             self._dumpable = libc.prctl(self._PR_GET_DUMPABLE, 0, 0, 0, 0)
@@ -363,21 +387,33 @@ class _HiddenParent:
             self._dumpable = None
         try:
             fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
-            start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
-            if 0 < start < end:
-                self._saved = (start, ctypes.string_at(start, end - start))
-                title = self.TITLE[:end - start - 1]
-                ctypes.memset(start, 0, end - start)
-                ctypes.memmove(start, title, len(title))
-        except (OSError, ValueError, IndexError):
-            self._saved = None
+            # fields 48-51 of proc(5): arg_start, arg_end, env_start, env_end
+            arg_start, arg_end, env_start, env_end = (int(f) for f in fields[45:49])
+        except (OSError, ValueError):
+            return self
+        if 0 < arg_start < arg_end:
+            title = self.TITLE[:arg_end - arg_start - 1]
+            self._overwrite(arg_start, title + b"\0" * (arg_end - arg_start - len(title)))
+        if 0 < env_start < env_end:
+            block = ctypes.string_at(env_start, env_end - env_start)
+            masked = block
+            for name in self._names:
+                masked = masked.replace(name, b"*" * len(name))
+            if masked != block:
+                self._overwrite(env_start, masked)
         return self
 
+    def _overwrite(self, address: int, data: bytes) -> None:
+        self._saved.append((address, ctypes.string_at(address, len(data))))
+        ctypes.memmove(address, data, len(data))
+
     def __exit__(self, *exc) -> None:
-        if self._saved is not None:
-            start, data = self._saved
-            ctypes.memmove(start, data, len(data))
-            self._saved = None
+        if self._cwd is not None:
+            os.chdir(self._cwd)
+            self._cwd = None
+        for address, data in reversed(self._saved):
+            ctypes.memmove(address, data, len(data))
+        self._saved.clear()
         if self._dumpable is not None and self._dumpable > 0:
             ctypes.CDLL(None).prctl(self._PR_SET_DUMPABLE, self._dumpable, 0, 0, 0)
             self._dumpable = None

@@ -1,4 +1,4 @@
-"""``wslbench submit`` and ``wslbench leaderboard {validate,render,add-zoo}``.
+"""``wslbench submit`` and ``wslbench leaderboard {validate,reproduce,render,add-zoo}``.
 
 :func:`add_leaderboard_commands` adds them to the ``wslbench`` parser; the work is
 :mod:`wslbench.leaderboard`'s (a package), imported only when one of these commands runs.
@@ -63,6 +63,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from wslbench.leaderboard.reproduce import reproduce, summary
+    from wslbench.zoo import Zoo
+
+    root = _root(args)
+    zoo = Zoo.resolve(args.zoo) if args.zoo else None
+    test_zoo = Zoo.resolve(args.test_zoo) if args.test_zoo else None
+    failed = 0
+    for given in args.entries:
+        path = Path(given) if Path(given).is_file() else root / given
+        if not path.is_file():
+            raise FileNotFoundError(f"no entry '{given}' (looked at '{path}' too); give the "
+                                    "entry's JSON file, e.g. entries/<zoo>/<revision>/<split>/"
+                                    "<method>.json")
+        outcomes = reproduce(path, root, zoo, test_zoo, rtol=args.rtol, atol=args.atol,
+                             device=args.device)
+        for line in summary(Path(_shown(path, root)), outcomes, args.rtol, args.atol):
+            print(line)
+        failed += not all(o.ok for o in outcomes)
+    if failed:
+        print(f"{failed} of {len(args.entries)} entries do not reproduce: their predictions are "
+              "not what the recorded predictor makes on their zoo, split and seeds")
+    return 1 if failed else 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from wslbench.leaderboard import render, write_rendered
 
@@ -124,6 +149,24 @@ def add_leaderboard_commands(subparsers: argparse._SubParsersAction) -> None:
     val.add_argument("--zoo", action="append", default=[], metavar="PATH",
                      help="a zoo to recompute its reference's targets from (repeatable)")
     val.set_defaults(run=cmd_validate)
+
+    from wslbench.leaderboard.reproduce import ATOL, RTOL
+
+    rep = commands.add_parser(
+        "reproduce", help="run the predictor an entry records again on its zoo, split and "
+                          "seeds and compare predictions; exit status 1 if any differ")
+    rep.add_argument("entries", nargs="+", metavar="ENTRY",
+                     help="entry files (paths, or relative to the leaderboard folder)")
+    rep.add_argument("--zoo", help="the entry's zoo (a folder or name; default: the entry's "
+                                   "zoo name, e.g. a release)")
+    rep.add_argument("--test-zoo", help="the zoo a cross-zoo split tests on")
+    rep.add_argument("--rtol", type=float, default=RTOL,
+                     help=f"relative tolerance for numeric predictions (default {RTOL:g})")
+    rep.add_argument("--atol", type=float, default=ATOL,
+                     help=f"absolute tolerance for numeric predictions (default {ATOL:g})")
+    rep.add_argument("--device", help="passed to predictors that take a device")
+    rep.add_argument("--leaderboard", **where)
+    rep.set_defaults(run=cmd_reproduce)
 
     ren = commands.add_parser("render", help="write README.md and index.html from the entries")
     ren.add_argument("--leaderboard", **where)

@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 from wslbench.registry import Registry
 
@@ -81,6 +84,10 @@ PREDICTORS.register("stat-gbm", "baselines.stat_gbm:StatGBM")
 PREDICTORS.register("stat-mlp", "baselines.stat_mlp:StatMLP")
 PREDICTORS.register("flat-mlp", "baselines.flat_mlp:FlatMLP")
 PREDICTORS.register("gmn", "baselines.gmn:GMN")
+PREDICTORS.register("probegen", "baselines.probegen:ProbeGen")
+PREDICTORS.register("nfn", "baselines.nfn:NFN")
+PREDICTORS.register("spectral-mlp", "baselines.spectral:SpectralMLP")
+PREDICTORS.register("spectral-free", "baselines.spectral:SpectralFree")
 
 
 #: Installed packages register predictors under this entry point group, e.g. in pyproject.toml:
@@ -156,7 +163,12 @@ def _import_file(path: Path):
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as err:
+        sys.modules.pop(module_name, None)
+        raise ImportError(f"predictor file '{err.filename or path}' line {err.lineno} has a "
+                          f"syntax error: {err.msg}; fix the file") from err
     return module
 
 

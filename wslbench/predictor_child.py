@@ -34,7 +34,7 @@ def main() -> int:
     try:
         predictor_class, identity = _load(setup)
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises it
-        _answer(answer_path, {"ok": False, "error": describe_error(err, "loading the predictor",
+        _answer(answer_path, {"ok": False, "error": describe_error(err, "while loading it",
                                                                    setup.get("file"))})
         return 0
     line = sys.stdin.readline()
@@ -44,19 +44,26 @@ def main() -> int:
     try:
         predictions = _run(predictor_class, job)
     except BaseException as err:  # noqa: BLE001
-        stage = getattr(err, "_stage_where", "running the predictor")
+        stage = getattr(err, "_stage_where", "while running it")
         _answer(answer_path, {"ok": False, "identity": identity,
                               "error": describe_error(err, stage, identity.get("file"))})
         return 0
-    _answer(answer_path, {"ok": True, "identity": identity, "predictions": predictions})
+    import torch
+
+    from wslbench.evaluate import hardware
+
+    _answer(answer_path, {"ok": True, "identity": identity, "predictions": predictions,
+                          "torch": torch.__version__, "hardware": hardware(job["device"])})
     return 0
 
 
 def _load(setup: dict[str, Any]):
     import torch
 
-    torch.set_num_threads(setup["threads"])
-    torch.backends.mkldnn.enabled = setup["mkldnn"]
+    if setup["threads"] is not None:  # the parent's torch settings, where it has torch
+        torch.set_num_threads(setup["threads"])
+    if setup["mkldnn"] is not None:
+        torch.backends.mkldnn.enabled = setup["mkldnn"]
     from wslbench.identity import predictor_identity
     from wslbench.predictor import load_predictor_class
 
@@ -92,11 +99,11 @@ def _run(predictor_class: type, job: dict[str, Any]) -> dict[str, list]:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        predictor = _step("constructing the predictor", instantiate, predictor_class, seed,
+        predictor = _step("while constructing it", instantiate, predictor_class, seed,
                           job["device"])
-        _step("fit()", predictor.fit, inputs["train"], targets["train"], inputs["val"],
+        _step("in fit()", predictor.fit, inputs["train"], targets["train"], inputs["val"],
               targets["val"])
-        output = _step("predict()", predictor.predict, inputs["test"])
+        output = _step("in predict()", predictor.predict, inputs["test"])
         predictions[str(seed)] = encode_predictions(output, len(inputs["test"]))
     return predictions
 

@@ -25,9 +25,11 @@ atomic (temporary file, fsync, rename), and checkpoints load only through safete
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import pickle
@@ -38,7 +40,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written: reading a zoo's
+    import torch  # files, hashes and targets (what `wslbench evaluate`'s parent does) needs none
+
+log = logging.getLogger(__name__)
 
 PARAMS_FILE = "params.json"
 RESULT_FILE = "result.json"
@@ -129,6 +136,22 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+#: The temporary files of :func:`atomic_open` (``.NAME.RANDOM.tmp``), left behind only by a
+#: process killed mid-write.
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete what killed writers left in ``folder`` (call it under the folder's lock, so no
+    running writer's file is taken); return the paths deleted."""
+    stale = [p for p in Path(folder).iterdir() if _TEMPORARY.match(p.name) and p.is_file()
+             and not p.is_symlink()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+        log.info("removed %s, left by an interrupted write", path)
+    return stale
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
     with atomic_open(path) as handle:
@@ -187,12 +210,29 @@ def read_params(trial_dir: Path) -> dict[str, Any]:
             "model with `zoo-builder build`, which redoes unfinished trials"
         )
     try:
-        params = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ZooFormatError(f"'{path}' is not valid JSON ({err}); restore or rebuild it") from err
+        params = json.loads(path.read_text(), parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError, and ints of >4300 digits
+        raise ZooFormatError(f"'{path}' is not valid JSON ({_short(err)}); restore it from the "
+                             "published zoo, or rebuild the trial") from err
     if not isinstance(params, dict):
         raise ZooFormatError(f"'{path}' must hold a JSON object, found {type(params).__name__}")
-    return flatten_params(params)
+    flat = flatten_params(params)
+    for key, value in flat.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ZooFormatError(
+                f"'{path}': '{key}' is {value}, not a finite number (a number too large for a "
+                "float, such as 1e999, reads as infinity); restore the file from the published "
+                "zoo, or rebuild the trial")
+    return flat
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _short(err: Exception) -> str:
+    text = str(err)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def param_value(params: Mapping[str, Any], column: str) -> Any:
@@ -309,6 +349,8 @@ def save_checkpoint(
 
 
 def _torch_bytes(obj: Any) -> bytes:
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
@@ -397,6 +439,8 @@ def _safetensors_order(data: bytes) -> list[str]:
 
 
 def _load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -474,6 +518,12 @@ def find_trial_dirs(root: Path) -> list[Path]:
     for entry in sorted(root.iterdir()):
         if not entry.is_dir() or entry.name.startswith((".", "_")):
             continue
+        if entry.is_symlink():
+            raise ZooFormatError(
+                f"trial '{entry.name}' of zoo '{root}' is a symbolic link to "
+                f"'{os.path.realpath(entry)}'; a zoo's model folders must be real folders inside "
+                "it (reading through a link, and annotating, which writes into each model "
+                "folder, would reach outside the zoo): replace the link with a copy of the folder")
         if (entry / PARAMS_FILE).is_file():
             trials.append(entry)
         elif (entry / RESULT_FILE).is_file() or any(
@@ -595,16 +645,20 @@ FULL_HASH_LIMIT = 8 << 20
 _SAMPLE_BLOCK = 64 << 10
 _SAMPLE_COUNT = 16
 
-#: Checkpoint dtypes by their safetensors names, so that a torch file and a safetensors file
-#: of the same tensors have the same fingerprint.
-_DTYPE_NAMES = {
-    getattr(torch, name): label for name, label in (
-        ("float64", "F64"), ("float32", "F32"), ("float16", "F16"), ("bfloat16", "BF16"),
-        ("int64", "I64"), ("int32", "I32"), ("int16", "I16"), ("int8", "I8"), ("uint8", "U8"),
-        ("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64"), ("bool", "BOOL"),
-        ("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"))
-    if hasattr(torch, name)
-}
+@functools.cache
+def _dtype_names() -> dict[Any, str]:
+    """Checkpoint dtypes by their safetensors names, so that a torch file and a safetensors
+    file of the same tensors have the same fingerprint."""
+    import torch
+
+    return {
+        getattr(torch, name): label for name, label in (
+            ("float64", "F64"), ("float32", "F32"), ("float16", "F16"), ("bfloat16", "BF16"),
+            ("int64", "I64"), ("int32", "I32"), ("int16", "I16"), ("int8", "I8"),
+            ("uint8", "U8"), ("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64"),
+            ("bool", "BOOL"), ("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"))
+        if hasattr(torch, name)
+    }
 
 
 def is_volatile_result_key(key: str) -> bool:
@@ -643,11 +697,13 @@ def tensors_fingerprint(path: Path) -> str:
     path = Path(path)
     digest = hashlib.sha256()
     if path.name != SAFETENSORS_CHECKPOINT:
+        import torch
+
         for name, tensor in sorted(_load_torch_state_dict(path).items(),
                                    key=lambda item: unwrapped_key(item[0])):
             tensor = tensor.detach().cpu().contiguous()
             _update_tensor(digest, unwrapped_key(name),
-                           _DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), list(tensor.shape),
+                           _dtype_names().get(tensor.dtype, str(tensor.dtype)), list(tensor.shape),
                            tensor.reshape(-1).view(torch.uint8).numpy())
         return digest.hexdigest()
     data = memoryview(path.read_bytes())

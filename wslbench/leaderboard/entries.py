@@ -3,6 +3,7 @@ and validating a whole leaderboard folder."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -193,6 +194,12 @@ def _check_task(name: str, task: TaskResult | LegacyTaskResult, reference: Refer
             broken.append(f"seed {seed}: predictions must be "
                           f"{'labels (strings)' if labels else 'numbers'}, e.g. for "
                           f"'{mistyped[0]}'")
+        elif not labels:
+            infinite = [k for k, v in predicted.items() if not math.isfinite(v)]
+            if infinite:
+                broken.append(f"seed {seed}: {len(infinite)} predictions are not finite "
+                              f"numbers (NaN or infinite), e.g. for '{infinite[0]}'; an entry "
+                              "holds finite predictions only")
     unknown_scores = [s for s in task.scores if s not in {x.value for x in Score}]
     if unknown_scores:
         broken.append(f"'{unknown_scores[0]}' is not a known score "
@@ -345,7 +352,10 @@ def validate(root: Path, zoos: Sequence[Any] = ()) -> list[Checked]:
     root = Path(root)
     checked, references = [], {}
     for path in sorted((root / "zoos").rglob("*.json")):
-        problems = check_reference(path, root, zoos)
+        try:
+            problems = check_reference(path, root, zoos)
+        except Exception as err:  # noqa: BLE001 - report it and check the rest
+            problems = [f"could not be checked: {type(err).__name__}: {err}"]
         note = ""
         if not problems:
             reference = load_reference(path)
@@ -366,7 +376,10 @@ def validate(root: Path, zoos: Sequence[Any] = ()) -> list[Checked]:
         except LeaderboardError as err:
             checked.append(Checked(path, "entry", [str(err)]))
             continue
-        problems = check_entry(data, references, location=path, root=root)
+        try:
+            problems = check_entry(data, references, location=path, root=root)
+        except Exception as err:  # noqa: BLE001 - one broken entry never stops the others
+            problems = [f"could not be checked: {type(err).__name__}: {err}"]
         note = "" if problems else (
             f"{len(data['tasks'])} task(s) re-scored; {LEGACY_NOTE}"
             if data.get("schema_version") == 1 else

@@ -56,10 +56,20 @@ def read_json(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as err:
         raise LeaderboardError(f"cannot read '{path}': {err}") from err
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_bare_constant)
     except json.JSONDecodeError as err:
         raise LeaderboardError(f"malformed JSON at line {err.lineno} col {err.colno}: "
                                f"{err.msg}") from err
+    except ValueError as err:  # a bare NaN or Infinity
+        line = next((n for n, row in enumerate(text.splitlines(), start=1)
+                     if re.search(r"(?<![\w\"])-?(NaN|Infinity)\b", row)), None)
+        raise LeaderboardError(f"not JSON: {err} at line {line}; JSON has no NaN or Infinity "
+                               "(a score that is undefined is null, with its reason; a "
+                               "prediction must be a finite number)") from err
+
+
+def _bare_constant(name: str) -> Any:
+    raise ValueError(f"bare {name}")
 
 
 def true_targets(task: Task, zoo, split, test_zoo=None) -> dict[str, float | str]:

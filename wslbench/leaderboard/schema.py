@@ -178,6 +178,9 @@ class TaskResult(_Record):
     bootstrap: BootstrapInfo | None
     wall_time_s: float
     date: str
+    #: Which code made the predictions (:func:`wslbench.identity.predictor_identity`): what
+    #: ``wslbench leaderboard reproduce`` runs again; null in entries made before it existed.
+    predictor: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

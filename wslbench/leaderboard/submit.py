@@ -56,7 +56,8 @@ def _task_result(result: Mapping[str, Any]) -> TaskResult:
         "predictions": result["predictions"], "grid_points": result["grid_points"],
         "bootstrap": result["bootstrap"],
         "wall_time_s": result["provenance"]["wall_time_s"],
-        "date": result["provenance"]["started"]})
+        "date": result["provenance"]["started"],
+        "predictor": result["predictor"].get("identity")})
 
 
 def _reference_for(root: Path, result: Mapping[str, Any], task_keys: Sequence[str]

@@ -43,6 +43,34 @@ class TrialJob:
     options: RunOptions = RunOptions()
 
 
+@dataclass(frozen=True)
+class TrialBatch:
+    """Trials of one grid point that train together (``RunOptions.seed_batch``, see
+    zoo_builder.building.batched); named after its first trial."""
+
+    trials: tuple[TrialJob, ...]
+    options: RunOptions = RunOptions()
+
+    @property
+    def name(self) -> str:
+        return self.trials[0].name
+
+
+def seed_batches(jobs: list[TrialJob]) -> list[TrialJob | TrialBatch]:
+    """The jobs with the trials of each grid point joined into one batch (models that cannot
+    be batched stay alone; see :func:`zoo_builder.building.batched.seed_batch_blocker`)."""
+    from zoo_builder.building.batched import group_by_grid_point, seed_batch_blocker
+
+    batched: list[TrialJob | TrialBatch] = []
+    for group in group_by_grid_point(jobs, lambda job: job.params):
+        blocker = seed_batch_blocker(group[0].params)
+        if blocker:
+            log.info("trial %s trains alone: %s", group[0].name, blocker)
+        batched.append(TrialBatch(tuple(group), group[0].options) if len(group) > 1
+                       else group[0])
+    return batched
+
+
 def zoo_id(spec: ZooSpec) -> str:
     """Five hex digits naming the experiment, like Ray Tune's trial-name prefix."""
     return hashlib.sha256(f"{spec.name}:v{spec.version}:{spec.preset}".encode()).hexdigest()[:5]
@@ -68,10 +96,14 @@ def build_zoo(spec: ZooSpec, out: str | os.PathLike, workers: int = 1,
                 log.info("redoing unfinished trial %s", name)
                 shutil.rmtree(out / name)
         jobs = [TrialJob(name, plans[name].params, out / name, options) for name in pending]
+        if options.seed_batch:
+            jobs = seed_batches(jobs)
         if executor is None:  # worker processes with a fixed thread count: see RunOptions
             executor = LocalExecutor(workers, threads=options.cpu_threads)
-        failures = executor.run(run_trial_job, jobs, total=len(plans), progress=progress,
-                                desc="building zoo")
+        failures = executor.run(run_trial_job, jobs, total=len(plans) - len(pending) + len(jobs),
+                                progress=progress, desc="building zoo")
+        failures = {trial.name: failures[job.name] for job in jobs if job.name in failures
+                    for trial in getattr(job, "trials", (job,))}
         if failures:
             listing = "\n".join(f"  {name}: {error} (log: {out / name / fmt.TRIAL_LOG})"
                                 for name, error in failures.items())
@@ -97,7 +129,9 @@ def _check_same_zoo(out: Path, spec: ZooSpec, plans: dict[str, Any]) -> None:
 
 def finalize_zoo(out: Path, spec: ZooSpec, trial_names: list[str]) -> None:
     """Write the summary table and the manifest (every file's hashes and the zoo's content
-    revision, see :func:`wslbench.zoo_format.trial_record`) from the finished trials."""
+    revision, see :func:`wslbench.zoo_format.trial_record`) from the finished trials, after
+    removing the temporary files of writes that a kill interrupted (the build holds the lock)."""
+    fmt.remove_stale_temporaries(out)
     rows, trials = [], {}
     for name in trial_names:
         trial_dir = out / name
@@ -125,16 +159,21 @@ def zoo_lock(root: Path) -> Iterator[None]:
         yield
 
 
-def run_trial_job(job: TrialJob) -> str | None:
-    """Train one trial with its own log file; return an error message instead of raising."""
+def run_trial_job(job: TrialJob | TrialBatch) -> str | None:
+    """Train one trial, or the trials of a seed batch together, each with its own log file;
+    return an error message instead of raising."""
     from zoo_builder.building.specs import load_plugin
     from zoo_builder.building.train import train_trial
 
-    job.trial_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(job.trial_dir / fmt.TRIAL_LOG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    trials = job.trials if isinstance(job, TrialBatch) else (job,)
     trial_logger = logging.getLogger("zoo_builder.building.train")
-    trial_logger.addHandler(handler)
+    handlers = []
+    for trial in trials:
+        trial.trial_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(trial.trial_dir / fmt.TRIAL_LOG)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        trial_logger.addHandler(handler)
+        handlers.append(handler)
     trial_logger.setLevel(logging.INFO)
     # The trial's log file gets every line; the console only when the command runs verbose.
     propagate, trial_logger.propagate = (trial_logger.propagate,
@@ -142,16 +181,24 @@ def run_trial_job(job: TrialJob) -> str | None:
     try:
         for plugin in job.options.plugins:
             load_plugin(plugin)
-        trial_logger.info("training %s with params %s", job.name, job.params)
-        data = cached_dataset(job.params["dataset::name"], job.options.data_root,
-                              **dataset_options(job.params))
-        train_trial(job.params, job.trial_dir, data=data, options=job.options,
-                    should_stop=parent_is_gone)
+        for trial in trials:
+            trial_logger.info("training %s with params %s", trial.name, trial.params)
+        data = cached_dataset(trials[0].params["dataset::name"], job.options.data_root,
+                              **dataset_options(trials[0].params))
+        if isinstance(job, TrialBatch):
+            from zoo_builder.building.batched import train_seed_batch
+
+            train_seed_batch([(trial.params, trial.trial_dir) for trial in trials], data=data,
+                             options=job.options, should_stop=parent_is_gone)
+        else:
+            train_trial(job.params, job.trial_dir, data=data, options=job.options,
+                        should_stop=parent_is_gone)
         return None
     except Exception as err:  # reported per trial; the build goes on with the others
         trial_logger.exception("trial %s failed", job.name)
         return f"{type(err).__name__}: {err}"
     finally:
-        trial_logger.removeHandler(handler)
+        for handler in handlers:
+            trial_logger.removeHandler(handler)
+            handler.close()
         trial_logger.propagate = propagate
-        handler.close()
