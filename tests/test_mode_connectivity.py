@@ -167,28 +167,28 @@ def test_mode_connectivity_of_a_model_with_itself_is_zero(seed_pair, digits):
     reference = copy.deepcopy(model)
     recompute_batchnorm_statistics(reference, digits.train_x, digits.normalize, batch_size=128)
     loss, acc = evaluate(reference, digits, digits.train_x, digits.train_y)
-    assert line.train_loss_curve[0] == pytest.approx(loss)
-    assert line.train_error_curve[-1] == pytest.approx(100 * (1 - acc))
+    assert line.curves["train_loss"][0] == pytest.approx(loss)
+    assert line.curves["train_error"][-1] == pytest.approx(100 * (1 - acc))
 
     # Training moves the middle only a little off a curve that is already a (trained) point.
     trained = bezier_mode_connectivity(model, model, digits, steps=7, lr=0.01, seed=3)
-    assert abs(trained.train_error) < 2.0 and abs(trained.test_error) < 2.0
-    assert abs(trained.train_loss) < 0.05 and abs(trained.test_loss) < 0.05
+    assert abs(trained.mc["train_error"]) < 2.0 and abs(trained.mc["test_error"]) < 2.0
+    assert abs(trained.mc["train_loss"]) < 0.05 and abs(trained.mc["test_loss"]) < 0.05
     assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
 
 
 def test_two_seeds_have_a_barrier_that_curve_training_lowers(seed_pair, digits):
     first, second = seed_pair
     line = bezier_mode_connectivity(first, second, digits, steps=0)
-    ends = max(line.train_error_curve[0], line.train_error_curve[-1])
-    assert line.train_error_curve[2] > ends  # the straight line's midpoint is worse than both
-    assert line.train_error < 0 and line.test_error < 0 and line.train_loss < 0
+    ends = max(line.curves["train_error"][0], line.curves["train_error"][-1])
+    assert line.curves["train_error"][2] > ends  # the straight line's midpoint is worse than both
+    assert line.mc["train_error"] < 0 and line.mc["test_error"] < 0 and line.mc["train_loss"] < 0
 
     curve = bezier_mode_connectivity(first, second, digits, steps=14, seed=0)
-    assert curve.train_error_curve[0] == line.train_error_curve[0]  # the ends stay fixed
-    assert curve.test_loss_curve[-1] == line.test_loss_curve[-1]
-    assert curve.train_error > line.train_error and curve.train_loss > line.train_loss
-    assert curve.test_error > line.test_error
+    assert curve.curves["train_error"][0] == line.curves["train_error"][0]  # the ends stay fixed
+    assert curve.curves["test_loss"][-1] == line.curves["test_loss"][-1]
+    assert curve.mc["train_error"] > line.mc["train_error"] and curve.mc["train_loss"] > line.mc["train_loss"]
+    assert curve.mc["test_error"] > line.mc["test_error"]
 
 
 def test_curve_training_is_seeded_and_takes_an_augmentation(digits):
@@ -203,9 +203,9 @@ def test_curve_training_is_seeded_and_takes_an_augmentation(digits):
                                      n_eval_points=3, augment=augment, seed=seed)
             for seed in (5, 5, 6)]
     assert runs[0].t == [0.0, 0.5, 1.0]
-    assert runs[0].train_loss_curve == runs[1].train_loss_curve
-    assert runs[0].train_loss_curve[1] != runs[2].train_loss_curve[1]
-    assert runs[0].train_loss_curve[0] == runs[2].train_loss_curve[0]
+    assert runs[0].curves["train_loss"] == runs[1].curves["train_loss"]
+    assert runs[0].curves["train_loss"][1] != runs[2].curves["train_loss"][1]
+    assert runs[0].curves["train_loss"][0] == runs[2].curves["train_loss"][0]
 
 
 def test_mode_connectivity_needs_one_architecture(digits):

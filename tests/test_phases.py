@@ -126,7 +126,8 @@ def test_rules_are_versioned_and_recorded_with_every_label():
 
 def test_v1_stays_as_released_and_v2_is_the_default():
     assert DEFAULT_RULES is RULES_V2 and DEFAULT_RULES.version == "wslbench-phases-v2"
-    assert set(RELEASED_RULES) == {"wslbench-phases-v1", "wslbench-phases-v2"}
+    assert set(RELEASED_RULES) == {"wslbench-phases-v1", "wslbench-phases-v2",
+                                   "wslbench-phases-language-v1", "wslbench-phases-pinn-v1"}
     assert rules_for_version("wslbench-phases-v1") is RULES_V1
     # the numbers v1 was released with (docs/phases.md, section 2)
     assert (RULES_V1.train_loss_small, RULES_V1.mc_zero_band, RULES_V1.mc_high_loss_split,

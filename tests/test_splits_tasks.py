@@ -155,10 +155,14 @@ def test_released_tasks_never_change_meaning():
 
 
 def test_phase_task_v2_reads_v2_labels_and_v1_keeps_v1():
-    """A new rules version is a new task version on its own key: ``--task phase`` is v2."""
-    from zoo_builder.annotating.phases import RULES_V1, RULES_V2, label_key
+    """A new rules version is a new task version on its own key: ``--task phase`` is v3, the
+    rules of each domain (v2's for image classifiers)."""
+    from zoo_builder.annotating.phases import (DOMAIN_LABEL_KEY, RULES_LANGUAGE_V1, RULES_PINN_V1,
+                                               RULES_V1, RULES_V2, label_key)
 
-    assert get_task("phase") is get_task("phase@v2")
+    assert get_task("phase") is get_task("phase@v3")
+    assert get_task("phase@v3").target_key == DOMAIN_LABEL_KEY == "phase_v3"
+    assert label_key(RULES_LANGUAGE_V1) == label_key(RULES_PINN_V1) == "phase_v3"
     assert get_task("phase@v2").target_key == label_key(RULES_V2) == "phase_v2"
     assert get_task("phase@v1").target_key == label_key(RULES_V1) == "phase"
 

@@ -240,6 +240,24 @@ register_task(Task(
     scores=(Score.ACCURACY, Score.MACRO_F1),
     description="phase label (I, II, III, IV-A, IV-B) under phase rules wslbench-phases-v2",
 ))
+# Rules per domain (zoo_builder.annotating.phases.DOMAIN_RULES): image classifiers keep v2's
+# thresholds, language and PINN zoos get their own; ``--task phase`` means v3.
+register_task(Task(
+    name="phase", version=3, target_key="phase_v3", kind=TaskKind.CLASSIFICATION,
+    epoch=TargetEpoch.ANNOTATED, main_score=Score.MACRO_F1,
+    scores=(Score.ACCURACY, Score.MACRO_F1),
+    description="phase label (I, II, III, IV-A, IV-B) under the rules of the zoo's domain "
+                "(images: wslbench-phases-v2; language: wslbench-phases-language-v1; PINNs: "
+                "wslbench-phases-pinn-v1)",
+))
+register_task(_annotated(
+    "mode_connectivity_loss", "curve_mc_train_loss",
+    "Bezier mode connectivity on the train loss between the seeds of the grid point (nats "
+    "for classifiers and language models, the training objective for PINNs)"))
+register_task(Task(
+    name="test_rel_l2", version=1, target_key="test_rel_l2_error", per_checkpoint=True,
+    description="relative L2 error of a PINN's solution on the test grid at the final epoch",
+))
 
 # Downstream results (zoo-builder annotate --metrics downstream): how a method behaves on the
 # model, which the paper ties to its phase.

@@ -91,6 +91,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
     settings = AnnotationSettings(
         hessian_samples=args.hessian_samples, mc_steps=args.mc_steps,
+        mc_batch_size=args.mc_batch_size, cka_samples=args.cka_samples,
         average_window=args.average_window, prune_sparsities=tuple(args.prune_sparsities),
         prune_finetune_epochs=args.prune_finetune_epochs, transfer_dataset=args.transfer_dataset,
         transfer_epochs=args.transfer_epochs, transfer_lr=args.transfer_lr,
@@ -241,10 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--data-root", help="folder holding the data sets (default: "
                                                "$WSLBENCH_DATA, else ~/.cache/wslbench/data)")
     annotate.add_argument("--hessian-samples", type=int, default=defaults.hessian_samples,
-                          help="training samples in the fixed Hessian subset")
+                          help="training samples in the fixed Hessian subset (token windows "
+                               "for language models; PINNs use all their points)")
     annotate.add_argument("--mc-steps", type=int, default=defaults.mc_steps,
                           help="optimizer steps of Bezier curve training per seed pair "
                                "(default: the spec's curve_steps, else the reference's 3,900)")
+    annotate.add_argument("--mc-batch-size", type=int, default=defaults.mc_batch_size,
+                          help="mini-batch of Bezier curve training (images; token windows "
+                               "for language models; PINNs train full-batch)")
+    annotate.add_argument("--cka-samples", type=int, default=defaults.cka_samples,
+                          help="held-out inputs CKA compares the seeds on (images; token "
+                               "windows for language models)")
     annotate.add_argument("--average-window", type=int, default=defaults.average_window,
                           help="epoch_average: average the checkpoints of the last this many "
                                "epochs (epoch > annotated epoch - window; needs two)")

@@ -16,8 +16,20 @@ checkpointed epoch), the values go into result.json at that epoch under the publ
   curve training's budget and convergence: ``curve_steps``, ``curve_loss_final`` (mean loss
   along the curve over the last 10% of steps), ``curve_loss_drop`` (drop between the
   10-30% and 30-50% windows, in units of ln(C)) and ``curve_converged`` (the fraction of pairs that converged);
-- ``phase`` and ``phase_rules_version`` (rules v1, as released) and ``phase_v2`` (rules v2, the
-  default), from the metrics above (:mod:`zoo_builder.annotating.phases`).
+- ``phase`` and ``phase_rules_version`` (rules v1, as released), ``phase_v2`` (rules v2) and
+  ``phase_v3`` with ``phase_v3_rules_version`` (the current rules of the zoo's domain: v2 for
+  image classifiers, ``wslbench-phases-language-v1``, ``wslbench-phases-pinn-v1``), from the
+  metrics above (:mod:`zoo_builder.annotating.phases`).
+
+What "the loss", "the data" and "the logits" are depends on the zoo's workload
+(:mod:`zoo_builder.annotating.landscape.problems`): language models are measured on seeded
+token windows (CKA of the logits at the last position; mode connectivity adds
+``curve_mc_train_loss``/``curve_mc_test_loss`` in nats, the paper's GPT-2 metric, to the
+next-token errors ``curve_mc_*_error``; LayerNorm keeps no running statistics, so nothing is
+recomputed at a curve point), PINNs on their whole training loss (residual + initial +
+boundary), CKA of their solutions at the collocation points, and mode connectivity on that
+loss, the test MSE and the relative L2 error (``curve_mc_train_loss``, ``curve_mc_test_loss``,
+``curve_mc_test_rel_l2_error``; no ``curve_mc_*_error``: a PINN has no prediction error).
 
 Downstream methods (:mod:`zoo_builder.annotating.downstream`, REFERENCE §5; image-classification zoos
 only), asked for by group name or all at once as ``downstream``, are not computed by default.
@@ -73,7 +85,6 @@ import torch
 from wslbench import zoo_format as fmt
 from wslbench.zoo import ModelRecord, Zoo
 from zoo_builder.data import ImageData, cached_dataset, dataset_options
-from zoo_builder.data.images import Augmentation
 from zoo_builder.building.executors import LocalExecutor
 from zoo_builder.models import build_model, load_weights
 
@@ -122,7 +133,7 @@ class AnnotationSettings:
     hessian_trace_hvps: int = 100
     cka_samples: int = 512
     mc_steps: int | None = None
-    mc_lr: float = 0.1
+    mc_lr: float | None = None  # None: the workload's (SGD 0.1; PINNs: Adam 1e-3)
     mc_batch_size: int = 128
     mc_eval_points: int = 5
     mc_augment: bool = False
@@ -255,8 +266,15 @@ def check_downstream_zoo(zoo: Zoo, groups: Sequence[str]) -> None:
                 "with the landscape groups only (--metrics landscape)")
 
 
-def done_keys(group: str, settings: AnnotationSettings) -> tuple[str, ...]:
-    """The keys that must all be stored for ``group`` to count as done at an epoch."""
+def done_keys(group: str, settings: AnnotationSettings,
+              params: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """The keys that must all be stored for ``group`` to count as done at an epoch (mode
+    connectivity: the workload's, e.g. ``curve_mc_train_loss`` where there is no error)."""
+    if group == "mode_connectivity" and params is not None:
+        from zoo_builder.annotating.landscape.problems import LANDSCAPE_PROBLEMS, workload_of
+
+        cls = LANDSCAPE_PROBLEMS.get(workload_of(params))
+        return (f"curve_mc_{cls.done_quantity}",)
     if group == "pruning":
         return tuple(prune_key(s) for s in settings.prune_sparsities)
     if group == "transfer":
@@ -294,7 +312,7 @@ def annotation_epochs(model: ModelRecord, epochs: Sequence[int] | None) -> list[
 
 
 def dataset_for(model: ModelRecord, override: str | None = None,
-                data_root: str | None = None) -> ImageData:
+                data_root: str | None = None) -> Any:
     """The training data of a model, which every landscape metric needs."""
     name = override or model.params.get("dataset::name")
     if name is None:
@@ -366,7 +384,7 @@ def _annotate_grid_point(job: GridPointJob) -> str | None:
             networks = [load_model(m, epoch, job.device) for m in models]
             values: dict[str, Any] = {}
             if "cka" in seed_groups:
-                values.update(cka_annotation(networks, data, job.settings))
+                values.update(cka_annotation(networks, models[0], data, job))
             if "mode_connectivity" in seed_groups:
                 values.update(mode_connectivity_annotation(networks, models[0], data, job))
             if "rebasin" in seed_groups:
@@ -392,7 +410,7 @@ def _seed_order(model: ModelRecord) -> tuple:
 def _done(model: ModelRecord, epoch: int, group: str, settings: AnnotationSettings) -> bool:
     rows = fmt.read_results(model.path)
     return epoch < len(rows) and all(rows[epoch].get(key) is not None
-                                     for key in done_keys(group, settings))
+                                     for key in done_keys(group, settings, model.params))
 
 
 def _store(model: ModelRecord, epoch: int, values: dict[str, Any]) -> None:
@@ -408,23 +426,34 @@ def _log(value: float) -> float:
     return math.log(value) if value > 0 else float("nan")
 
 
-def hessian_annotation(model: ModelRecord, epoch: int, data: ImageData,
+def landscape_problem(model: ModelRecord, data: Any, job: GridPointJob):
+    """The landscape problem of the model's workload on ``data``, with the job's budgets."""
+    from zoo_builder.annotating.landscape.problems import make_problem
+
+    settings = job.settings
+    return make_problem(model.params, data, samples=settings.hessian_samples,
+                        cka_samples=settings.cka_samples, seed=settings.seed, device=job.device,
+                        augment=settings.mc_augment)
+
+
+def hessian_annotation(model: ModelRecord, epoch: int, data: Any,
                        job: GridPointJob) -> dict[str, Any]:
-    """Top eigenvalue and trace on a fixed training subset, and the top eigenvalue on a fixed
-    held-out subset (the published zoos keep the trace on training data only)."""
-    from zoo_builder.annotating.landscape.hessian import (HessianOperator, fixed_subset, hessian_metrics,
-                                               lanczos_top_eigenvalue)
+    """Top eigenvalue and trace of the training loss's Hessian on fixed training data, and the
+    top eigenvalue on fixed held-out data (the published zoos keep the trace on training data
+    only); what "the loss" and "the data" are is the workload's (:mod:`problems
+    <zoo_builder.annotating.landscape.problems>`)."""
+    from zoo_builder.annotating.landscape.hessian import (lanczos_top_eigenvalue,
+                                                          operator_hessian_metrics)
 
     network = load_model(model, epoch, job.device)
-    n, seed = job.settings.hessian_samples, job.settings.seed
-    train_x, train_y = fixed_subset(data.train_x, data.train_y, n, seed)
+    problem = landscape_problem(model, data, job)
     settings = job.settings
-    metrics = hessian_metrics(network, data.normalize(train_x), train_y, seed=seed,
-                              eig_max_iter=settings.hessian_eig_max_iter,
-                              trace_hvps=settings.hessian_trace_hvps)
-    val_x, val_y = fixed_subset(data.test_x, data.test_y, n, seed)
-    top_ev_val = lanczos_top_eigenvalue(HessianOperator(network, data.normalize(val_x), val_y),
-                                        max_iter=settings.hessian_eig_max_iter, seed=seed)
+    metrics = operator_hessian_metrics(problem.hessian_operator(network, "train"),
+                                       seed=settings.seed,
+                                       eig_max_iter=settings.hessian_eig_max_iter,
+                                       trace_hvps=settings.hessian_trace_hvps)
+    top_ev_val = lanczos_top_eigenvalue(problem.hessian_operator(network, "val"),
+                                        max_iter=settings.hessian_eig_max_iter, seed=settings.seed)
     metrics.update({"hessian_top_ev_val": top_ev_val.value,
                     "hessian_top_ev_val_uncertainty": top_ev_val.uncertainty,
                     "hessian_top_ev_val_hvps": top_ev_val.n_hvps})
@@ -438,32 +467,33 @@ def hessian_annotation(model: ModelRecord, epoch: int, data: ImageData,
     return values
 
 
-def cka_annotation(networks: list[torch.nn.Module], data: ImageData,
-                   settings: AnnotationSettings) -> dict[str, Any]:
-    """Mean linear CKA of the logits over all seed pairs, on a fixed held-out subset."""
-    from zoo_builder.annotating.landscape.cka import seed_pair_cka
-    from zoo_builder.annotating.landscape.hessian import fixed_subset
+def cka_annotation(networks: list[torch.nn.Module], model: ModelRecord, data: Any,
+                   job: GridPointJob) -> dict[str, Any]:
+    """Mean linear CKA over all seed pairs of the workload's representation (classifiers:
+    logits on a fixed held-out subset)."""
+    from zoo_builder.annotating.landscape.cka import linear_cka
 
-    images, _ = fixed_subset(data.test_x, data.test_y, settings.cka_samples, settings.seed)
-    return {"representation_similarity": seed_pair_cka(networks, images, data.normalize),
-            "cka_pairs": len(networks) * (len(networks) - 1) // 2}
+    problem = landscape_problem(model, data, job)
+    outputs = [problem.representation(network) for network in networks]
+    values = [linear_cka(a, b) for a, b in itertools.combinations(outputs, 2)]
+    return {"representation_similarity": float(sum(values) / len(values)),
+            "cka_pairs": len(values)}
 
 
 def mode_connectivity_annotation(networks: list[torch.nn.Module], model: ModelRecord,
-                                 data: ImageData, job: GridPointJob) -> dict[str, Any]:
+                                 data: Any, job: GridPointJob) -> dict[str, Any]:
     """Bezier mode connectivity, averaged over all seed pairs of the grid point."""
     from zoo_builder.annotating.landscape.mode_connectivity import bezier_mode_connectivity
 
     settings = job.settings
-    augment = (Augmentation(**fmt.params_section(model.params, "augment"))
-               if settings.mc_augment else None)
+    problem = landscape_problem(model, data, job)
     pair_metrics = []
     for index, (a, b) in enumerate(itertools.combinations(networks, 2)):
         result = bezier_mode_connectivity(
-            a, b, data, steps=settings.mc_steps, lr=settings.mc_lr,
+            a, b, problem, steps=settings.mc_steps, lr=settings.mc_lr,
             momentum=0.9, weight_decay=5e-4, batch_size=settings.mc_batch_size,
-            n_eval_points=settings.mc_eval_points, augment=augment,
-            seed=settings.seed + index, device=job.device)
+            n_eval_points=settings.mc_eval_points, seed=settings.seed + index,
+            device=job.device)
         pair_metrics.append(result.to_metrics())
     values: dict[str, Any] = {key: sum(p[key] for p in pair_metrics) / len(pair_metrics)
                               for key in pair_metrics[0]}
@@ -615,7 +645,9 @@ def label_zoo_phases(zoo: Zoo, epochs: Sequence[int] | None = None) -> None:
     """Label every model at its annotated epochs from the metrics stored there."""
     import pandas as pd
 
-    from zoo_builder.annotating.phases import LABEL_KEYS, RELEASED_RULES, RULES_V1, label_phases
+    from zoo_builder.annotating.phases import (DOMAIN_LABEL_KEY, RULES_V1, label_phases,
+                                               zoo_label_rules)
+    from zoo_builder.annotating.landscape.problems import workload_of
 
     rows, where = [], []
     for model in zoo.models:
@@ -623,19 +655,24 @@ def label_zoo_phases(zoo: Zoo, epochs: Sequence[int] | None = None) -> None:
             if epoch < len(model.results):
                 row = fmt.summary_rows(model.name, model.params, model.results)[epoch]
                 row["num_classes"] = model.model_args.get("o_dim")
+                row["workload"] = workload_of(model.params)
                 rows.append(row)
                 where.append((model, epoch))
     # Every released version under its own key (``phase``: v1, ``phase_v2``: v2, ...), so a
-    # released task keeps reading the labels it was released with. The zoo is labelled as a
-    # whole: v2 measures the train loss from the sub-zoo's lowest.
+    # released task keeps reading the labels it was released with, and the domain's current
+    # rules under ``phase_v3``. The zoo is labelled as a whole (per domain): v2 and the domain
+    # rules measure the train loss from the sub-zoo's lowest.
     frame = pd.DataFrame(rows)
-    labels = {LABEL_KEYS[version]: label_phases(frame, rules)
-              for version, rules in RELEASED_RULES.items()}
-    for index, (model, epoch) in enumerate(where):
-        values = {key: None if series.iloc[index] is None else str(series.iloc[index])
-                  for key, series in labels.items()}
-        values["phase_rules_version"] = RULES_V1.version  # the rules of the ``phase`` key
-        _store(model, epoch, values)
+    for workload, part in frame.groupby("workload"):
+        plan = zoo_label_rules(workload)
+        labels = {key: label_phases(part, rules) for key, rules in plan.items()}
+        for position, index in enumerate(part.index):
+            model, epoch = where[index]
+            values = {key: None if series.iloc[position] is None else str(series.iloc[position])
+                      for key, series in labels.items()}
+            values["phase_rules_version"] = RULES_V1.version  # the rules of the ``phase`` key
+            values[f"{DOMAIN_LABEL_KEY}_rules_version"] = plan[DOMAIN_LABEL_KEY].version
+            _store(model, epoch, values)
 
 
 def refresh_zoo_tables(zoo: Zoo) -> None:

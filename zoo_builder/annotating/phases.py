@@ -131,6 +131,14 @@ class PhaseRules:
         epoch_metrics: the landscape metrics whose presence picks the label epoch of a
             per-epoch summary (:func:`phase_rows`); None (v1): all of them (the epoch with the
             most metrics).
+        domain: the workload (``training::workload``) the thresholds were chosen for.
+        mc_column: the mode connectivity the rules read (vision: train error in %; language:
+            train loss in nats; PINN: the PINN training loss); ``mc_zero_band`` is in its unit.
+        train_loss_unit: what the train loss is divided by before ``train_loss_small`` is
+            applied: None (classifiers) is ln(num_classes) per row, a number a fixed unit
+            (e.g. 1.0: nats, the loss itself).
+        subzoo_columns: the columns that tell sub-zoos apart for the train-loss floor (never
+            the zoo's temperature or load axis: the PINN zoo's temperature is ``lr``).
     """
 
     version: str
@@ -143,6 +151,10 @@ class PhaseRules:
     train_loss_reference: str = LOSS_FROM_ZERO
     floor_min_models: int = 8
     epoch_metrics: tuple[str, ...] | None = None
+    domain: str = "image_classification"
+    mc_column: str = MC_COLUMN
+    train_loss_unit: float | None = None
+    subzoo_columns: tuple[str, ...] = SUBZOO_COLUMNS
 
     def __post_init__(self) -> None:
         if not self.version or not isinstance(self.version, str):
@@ -155,6 +167,10 @@ class PhaseRules:
                 continue
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"PhaseRules.{name} must be a finite number, got {value!r}")
+        if self.train_loss_unit is not None and not (
+                isinstance(self.train_loss_unit, (int, float)) and self.train_loss_unit > 0):
+            raise ValueError(f"PhaseRules.train_loss_unit must be None (ln C) or a positive "
+                             f"number, got {self.train_loss_unit!r}")
         if self.train_loss_small <= 0:
             raise ValueError(
                 f"PhaseRules.train_loss_small must be > 0 (a fraction of ln(num_classes)), got "
@@ -216,16 +232,100 @@ RULES_V2 = PhaseRules(
     epoch_metrics=(MC_COLUMN, CKA_COLUMN),
 )
 
-#: The rules annotation, reports and plots use unless told otherwise.
+#: Language models (docs/phases.md, section 7): v2's form, with mode connectivity on the train
+#: loss (nats; the paper's GPT-2 protocol) and the train loss in nats above the sub-zoo's floor
+#: (a character-level corpus has an entropy far above zero, and ln(vocab) says nothing about it).
+RULES_LANGUAGE_V1 = PhaseRules(
+    version="wslbench-phases-language-v1",
+    train_loss_small=0.10,
+    mc_zero_band=0.05,
+    mc_high_loss_split=None,
+    cka_large=0.90,
+    log_hessian_trace_large=None,
+    log_hessian_top_ev_large=None,
+    train_loss_reference=LOSS_FROM_ZOO_FLOOR,
+    floor_min_models=8,
+    epoch_metrics=("curve_mc_train_loss", CKA_COLUMN),
+    domain="language_modeling",
+    mc_column="curve_mc_train_loss",
+    train_loss_unit=1.0,
+)
+
+#: PINNs (docs/phases.md, section 7): the PINN training loss relative to 0.5, the loss of the
+#: trivial solution u = 0 (the failure mode of hard convection problems), from zero: an exact
+#: solution has zero loss. Mode connectivity on that loss, in the same unit. The learning rate
+#: is the temperature axis, so it does not split sub-zoos.
+RULES_PINN_V1 = PhaseRules(
+    version="wslbench-phases-pinn-v1",
+    train_loss_small=0.02,
+    mc_zero_band=0.01,
+    mc_high_loss_split=None,
+    cka_large=0.99,
+    log_hessian_trace_large=None,
+    log_hessian_top_ev_large=None,
+    train_loss_reference=LOSS_FROM_ZERO,
+    floor_min_models=8,
+    epoch_metrics=("curve_mc_train_loss", CKA_COLUMN),
+    domain="physics_informed",
+    mc_column="curve_mc_train_loss",
+    train_loss_unit=0.5,
+    subzoo_columns=("zoo", "wd", "init_type"),
+)
+
+#: The rules annotation, reports and plots use unless told otherwise (image classifiers; other
+#: domains: :data:`DOMAIN_RULES`).
 DEFAULT_RULES = RULES_V2
 
+#: The current rules of each domain (``training::workload``); annotation stores their label
+#: under :data:`DOMAIN_LABEL_KEY` (read by the task ``phase@v3``), and reports and plots of a
+#: zoo use them by default (:func:`rules_for_frame`).
+DOMAIN_RULES: dict[str, PhaseRules] = {
+    "image_classification": RULES_V2,
+    "language_modeling": RULES_LANGUAGE_V1,
+    "physics_informed": RULES_PINN_V1,
+}
+DOMAIN_LABEL_KEY = "phase_v3"
+
 #: Every released version by name; a released version never changes.
-RELEASED_RULES: dict[str, PhaseRules] = {RULES_V1.version: RULES_V1, RULES_V2.version: RULES_V2}
+RELEASED_RULES: dict[str, PhaseRules] = {
+    rules.version: rules for rules in (RULES_V1, RULES_V2, RULES_LANGUAGE_V1, RULES_PINN_V1)}
 
 #: The result.json / summary key under which annotation stores each released version's label.
 #: ``phase`` keeps meaning v1 (the released task ``phase@v1`` reads it, and zoos annotated
-#: before v2 hold it); later versions get their own key, read by their own task version.
-LABEL_KEYS: dict[str, str] = {RULES_V1.version: "phase", RULES_V2.version: "phase_v2"}
+#: before v2 hold it); later versions get their own key, read by their own task version. The
+#: domain rules share ``phase_v3`` (one per zoo, each label with its version beside it in
+#: ``phase_v3_rules_version``), where image classifiers hold their v2 label.
+LABEL_KEYS: dict[str, str] = {RULES_V1.version: "phase", RULES_V2.version: "phase_v2",
+                              RULES_LANGUAGE_V1.version: DOMAIN_LABEL_KEY,
+                              RULES_PINN_V1.version: DOMAIN_LABEL_KEY}
+
+
+def rules_for_workload(workload: str | None) -> PhaseRules:
+    """The current rules of a domain (None: an image classifier, as published zoos)."""
+    workload = workload or "image_classification"
+    if workload not in DOMAIN_RULES:
+        raise KeyError(f"no phase rules for workload '{workload}'; rules exist for "
+                       f"{sorted(DOMAIN_RULES)} (see docs/phases.md)")
+    return DOMAIN_RULES[workload]
+
+
+def rules_for_frame(frame: pd.DataFrame) -> PhaseRules:
+    """The rules of the domain of a summary's models (its ``workload`` column; frames
+    without one are image classifiers). A frame that mixes domains is refused."""
+    if "workload" not in frame.columns:
+        return DEFAULT_RULES
+    workloads = sorted({str(w) for w in frame["workload"].dropna()})
+    if len(workloads) > 1:
+        raise ValueError(f"the frame mixes the workloads {workloads}; phase rules are per "
+                         "domain: filter one first")
+    return rules_for_workload(workloads[0] if workloads else None)
+
+
+def zoo_label_rules(workload: str | None) -> dict[str, PhaseRules]:
+    """What annotation stores for a zoo of ``workload``: result key -> rules (v1 and v2 under
+    their keys as released, the domain's current rules under :data:`DOMAIN_LABEL_KEY`)."""
+    return {"phase": RULES_V1, "phase_v2": RULES_V2,
+            DOMAIN_LABEL_KEY: rules_for_workload(workload)}
 
 
 def rules_for_version(version: str) -> PhaseRules:
@@ -262,8 +362,8 @@ def train_loss_floor(frame: pd.DataFrame, relative_loss: pd.Series,
     floor = pd.Series(0.0, index=frame.index)
     if rules.train_loss_reference == LOSS_FROM_ZERO:
         return floor
-    keys = [c for c in SUBZOO_COLUMNS if c in frame.columns]
-    groups = (frame[keys].astype(str).agg("|".join, axis=1) if keys
+    keys = [c for c in rules.subzoo_columns if c in frame.columns]
+    groups = (frame[keys].astype(object).map(str).agg("|".join, axis=1) if keys
               else pd.Series("", index=frame.index))
     loss = pd.to_numeric(relative_loss, errors="coerce")
     loss = loss.where(np.isfinite(loss))
@@ -300,10 +400,11 @@ def phase_table(frame: pd.DataFrame, rules: PhaseRules = DEFAULT_RULES,
     the landscape metrics describe), else ``train_loss``, unless ``train_loss_column`` says.
     """
     loss_column = _train_loss_column(frame, train_loss_column)
-    relative_loss = pd.to_numeric(frame[loss_column], errors="coerce") / log_num_classes(
-        frame, num_classes)
+    unit = (log_num_classes(frame, num_classes) if rules.train_loss_unit is None
+            else rules.train_loss_unit)
+    relative_loss = pd.to_numeric(frame[loss_column], errors="coerce") / unit
     floor = train_loss_floor(frame, relative_loss, rules)
-    mc = _column(frame, MC_COLUMN)
+    mc = _column(frame, rules.mc_column)
     cka = _column(frame, CKA_COLUMN)
     trace = _column(frame, HESSIAN_TRACE_COLUMN)
     top_ev = _column(frame, HESSIAN_TOP_EV_COLUMN)
@@ -353,7 +454,8 @@ def _missing(value: float) -> bool:
 
 def _decide(rules: PhaseRules, loss: float, mc: float, cka: float,
             loss_column: str) -> tuple[Phase | None, list[str]]:
-    lacking = [name for name, value in ((loss_column, loss), (MC_COLUMN, mc)) if _missing(value)]
+    lacking = [name for name, value in ((loss_column, loss), (rules.mc_column, mc))
+               if _missing(value)]
     if lacking:
         return None, lacking
     if loss >= rules.train_loss_small:

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoo_builder.annotating.phases import (DEFAULT_RULES, Phase, PhaseRules, label_phases,
-                                           phase_rows)
+from zoo_builder.annotating.phases import (Phase, PhaseRules, label_phases, phase_rows,
+                                           rules_for_frame)
 from zoo_builder.reporting.summaries import LANDSCAPE_COLUMNS, epoch_note, epoch_span, per_model
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,72 @@ DOWNSTREAM_PANELS = (
     (r"wiseft_alpha_(\d+(?:_\d+)?)_source_acc", "Wise-FT alpha {}%: source acc", "viridis",
      False),
 )
+
+
+#: Language zoos (the paper's Figure 16): perplexity next to next-token accuracy, mode
+#: connectivity on the train loss (nats, the paper's GPT-2 protocol); no reference ranges
+#: exist for these metrics, so every panel uses the data's range (mc centred at 0).
+LANGUAGE_PANELS = (
+    Panel("train_loss", "train loss (nats)", "viridis_r", log_scale=True),
+    Panel("test_perplexity", "test perplexity", "viridis_r", log_scale=True),
+    Panel("test_acc", "test next-token accuracy", "viridis"),
+    Panel("representation_similarity", "CKA of logits (seeds)", "viridis"),
+    Panel("curve_mc_train_loss", "mode connectivity, train loss", "RdBu", centred=True),
+    Panel("log_hessian_trace_train", "log Hessian trace", "viridis_r"),
+    Panel("log_hessian_top_ev_val", "log Hessian top eigenvalue", "viridis_r"),
+)
+
+#: PINN zoos (the paper's Figure 17): the PINN loss, the relative L2 error of the solution
+#: (the zoo's performance metric), mode connectivity on both.
+PINN_PANELS = (
+    Panel("train_loss", "train loss (PINN objective)", "viridis_r", log_scale=True),
+    Panel("test_rel_l2_error", "test relative L2 error", "viridis_r", log_scale=True),
+    Panel("representation_similarity", "CKA of solutions (seeds)", "viridis"),
+    Panel("curve_mc_train_loss", "mode connectivity, train loss", "RdBu", centred=True),
+    Panel("curve_mc_test_rel_l2_error", "mode connectivity, test rel. L2", "RdBu",
+          centred=True),
+    Panel("log_hessian_trace_train", "log Hessian trace", "viridis_r"),
+    Panel("log_hessian_top_ev_val", "log Hessian top eigenvalue", "viridis_r"),
+)
+
+
+@dataclass(frozen=True)
+class DomainAxes:
+    """The load and temperature axes of a domain's phase plots and their panels.
+
+    Every domain is drawn with the highest temperature in the top row and the lowest load in
+    the right column: batch sizes grow downwards and widths to the right; a PINN zoo's
+    learning rates shrink downwards and its betas (the load: larger is harder) shrink to the
+    right."""
+
+    load_column: str
+    temperature_column: str
+    load_label: str
+    temperature_label: str
+    panels: tuple[Panel, ...]
+    load_descending: bool = False
+    temperature_descending: bool = False
+
+
+DOMAIN_AXES = {
+    "image_classification": DomainAxes("width", "batchsize", "width  (→ larger model, lower load)",
+                                       "batchsize  (↑ smaller, higher temperature)", PANELS),
+    "language_modeling": DomainAxes("width", "batchsize",
+                                    "model dim  (→ larger model, lower load)",
+                                    "batch size  (↑ smaller, higher temperature)",
+                                    LANGUAGE_PANELS),
+    "physics_informed": DomainAxes("beta", "lr", "convection beta  (→ smaller, lower load)",
+                                   "learning rate  (↑ larger, higher temperature)", PINN_PANELS,
+                                   load_descending=True, temperature_descending=True),
+}
+
+
+def domain_axes(frame: pd.DataFrame) -> DomainAxes:
+    """The axes of the domain of ``frame``'s models (``workload`` column; none: images)."""
+    workloads = (sorted({str(w) for w in frame["workload"].dropna()})
+                 if "workload" in frame.columns else [])
+    return DOMAIN_AXES.get(workloads[0] if len(workloads) == 1 else "image_classification",
+                           DOMAIN_AXES["image_classification"])
 
 
 def downstream_panels(frame: pd.DataFrame) -> list[Panel]:
@@ -132,6 +198,8 @@ class Grid:
     cells: pd.DataFrame  # one row per (temperature, load) cell with a model, seed-averaged
     load_column: str
     temperature_column: str
+    load_label: str | None = None
+    temperature_label: str | None = None
 
     def matrix(self, column: str) -> np.ndarray:
         """``len(temperatures) x len(loads)`` values; NaN where a cell has no model or value."""
@@ -145,7 +213,7 @@ class Grid:
 
 
 def phase_grid(frame: pd.DataFrame, load_column: str = "width",
-               temperature_column: str = "batchsize") -> Grid:
+               temperature_column: str = "batchsize", axes: DomainAxes | None = None) -> Grid:
     """Average a zoo's models per (load, temperature) cell; seeds become one cell.
 
     ``frame`` is a summary (per epoch, reduced with ``landscape_epoch_rows``) or one row per
@@ -174,9 +242,15 @@ def phase_grid(frame: pd.DataFrame, load_column: str = "width",
     cells = grouped[list(numeric)].mean()
     cells["n_models"] = grouped.size()
     cells = cells.reset_index()
-    return Grid(loads=sorted(frame[load_column].unique()),
-                temperatures=sorted(frame[temperature_column].unique()),
-                cells=cells, load_column=load_column, temperature_column=temperature_column)
+    loads = sorted(frame[load_column].unique())
+    temperatures = sorted(frame[temperature_column].unique())
+    if axes is not None:
+        loads = loads[::-1] if axes.load_descending else loads
+        temperatures = temperatures[::-1] if axes.temperature_descending else temperatures
+    return Grid(loads=loads, temperatures=temperatures, cells=cells, load_column=load_column,
+                temperature_column=temperature_column,
+                load_label=axes.load_label if axes is not None else None,
+                temperature_label=axes.temperature_label if axes is not None else None)
 
 
 # --------------------------------------------------------------------------- drawing
@@ -209,9 +283,11 @@ def _setup_axes(ax, grid: Grid, fontsize: float, xlabel: bool = True,
     ax.set_yticks(np.arange(ny) + 0.5, [_format_tick(v) for v in grid.temperatures],
                   fontsize=fontsize - 1)
     if xlabel:
-        ax.set_xlabel(f"{grid.load_column}  (→ larger model, lower load)", fontsize=fontsize)
+        ax.set_xlabel(grid.load_label or f"{grid.load_column}  (→ larger model, lower load)",
+                      fontsize=fontsize)
     if ylabel:
-        ax.set_ylabel(f"{grid.temperature_column}  (↑ smaller, higher temperature)",
+        ax.set_ylabel(grid.temperature_label
+                      or f"{grid.temperature_column}  (↑ smaller, higher temperature)",
                       fontsize=fontsize)
     ax.tick_params(length=2)
 
@@ -308,9 +384,9 @@ def _phase_labels(grid: Grid, models: pd.DataFrame, rules: PhaseRules,
 
 
 def plot_phase_diagrams(frame: pd.DataFrame, out_dir: str | Path, title: str,
-                        rules: PhaseRules = DEFAULT_RULES, num_classes: int | None = None,
-                        prefix: str | None = None, load_column: str = "width",
-                        temperature_column: str = "batchsize",
+                        rules: PhaseRules | None = None, num_classes: int | None = None,
+                        prefix: str | None = None, load_column: str | None = None,
+                        temperature_column: str | None = None,
                         ranges: Mapping[str, tuple[float | None, float | None]] | None = None,
                         ) -> list[Path]:
     """Draw every metric and the phase map of a zoo; return the files written.
@@ -328,19 +404,27 @@ def plot_phase_diagrams(frame: pd.DataFrame, out_dir: str | Path, title: str,
     ensembles, transfer), where the frame has them, get a panel each too, and
     ``<prefix>_downstream_overview.png`` shows them together; deltas and gains use a
     diverging colour map centred at 0.
+
+    ``rules``, the axes and the panels default to the domain's (``workload`` column, see
+    :data:`DOMAIN_AXES`): language zoos show perplexity and mode connectivity on the loss,
+    PINN zoos the relative L2 error and mode connectivity on the loss and on that error.
     """
     Figure, FigureCanvasAgg = _matplotlib()
+    axes_spec = domain_axes(frame)
+    rules = rules if rules is not None else rules_for_frame(frame)
+    load_column = load_column or axes_spec.load_column
+    temperature_column = temperature_column or axes_spec.temperature_column
     models = phase_rows(frame, rules)  # every panel at the epoch the rules label
     extra = downstream_panels(models)
-    known = [panel.column for panel in (*PANELS, *extra)]
+    known = [panel.column for panel in (*axes_spec.panels, *extra)]
     unknown = sorted(set(ranges or {}) - set(known))
     if unknown:
         raise KeyError(f"ranges for unknown panel(s) {unknown}; panels: {known}")
     panels = [dataclasses.replace(p, vmin=ranges[p.column][0], vmax=ranges[p.column][1])
-              if ranges and p.column in ranges else p for p in PANELS]
+              if ranges and p.column in ranges else p for p in axes_spec.panels]
     extra = [dataclasses.replace(p, vmin=ranges[p.column][0], vmax=ranges[p.column][1])
              if ranges and p.column in ranges else p for p in extra]
-    grid = phase_grid(models, load_column, temperature_column)
+    grid = phase_grid(models, load_column, temperature_column, axes=axes_spec)
     labels = _phase_labels(grid, models, rules, num_classes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from wslbench.zoo_format import atomic_write_bytes
-from zoo_builder.annotating.phases import (DEFAULT_RULES, Phase, PhaseRules, label_phases,
-                                           phase_rows)
+from zoo_builder.annotating.phases import (Phase, PhaseRules, label_phases, phase_rows,
+                                           rules_for_frame)
 from zoo_builder.reporting.summaries import SummaryError, epoch_note
 
 log = logging.getLogger(__name__)
@@ -28,11 +28,15 @@ REPORT_METRICS = (
     ("train_acc", "Train Acc"),
     ("test_acc", "Test Acc"),
     ("ggap", "GGap"),
+    ("train_perplexity", "Train Perplexity"),
+    ("test_perplexity", "Test Perplexity"),
+    ("test_rel_l2_error", "Test Rel. L2 Error"),
     ("representation_similarity", "CKA"),
     ("curve_mc_train_error", "MC train error %"),
     ("curve_mc_test_error", "MC test error %"),
     ("curve_mc_train_loss", "MC train loss"),
     ("curve_mc_test_loss", "MC test loss"),
+    ("curve_mc_test_rel_l2_error", "MC test rel. L2 error"),
     ("log_hessian_trace_train", "log Hessian trace"),
     ("log_hessian_trace_val", "log Hessian trace (val)"),
     ("log_hessian_top_ev_train", "log Hessian top ev (train)"),
@@ -46,7 +50,7 @@ def _summary(mean: float, std: float, low: float, high: float, digits: int = 2) 
     return f"{mean:.{digits}f}±{std:.{digits}f} [{low:.{digits}f},{high:.{digits}f}]"
 
 
-def zoo_report(frame: pd.DataFrame, rules: PhaseRules = DEFAULT_RULES,
+def zoo_report(frame: pd.DataFrame, rules: PhaseRules | None = None,
                num_classes: int | None = None, title: str | None = None,
                ) -> tuple[str, pd.DataFrame]:
     """The distribution of a zoo's metrics and its phase counts, as text and as a table.
@@ -55,8 +59,11 @@ def zoo_report(frame: pd.DataFrame, rules: PhaseRules = DEFAULT_RULES,
     per model. The table has one row per metric (``kind`` "metric": count, mean, std, min,
     max and the paper's ``mean±std [min,max]`` text) and one per phase (``kind`` "phase":
     count; ``unlabelled`` counts the models without a label), with the rules' version on the
-    phase rows.
+    phase rows. ``rules`` None: the rules of the zoo's domain (:func:`rules_for_frame`; image
+    classifiers: ``DEFAULT_RULES``). Language zoos report perplexity (the paper's Table 6),
+    PINN zoos the test relative L2 error (Table 7); a metric the zoo lacks is left out.
     """
+    rules = rules if rules is not None else rules_for_frame(frame)
     models = phase_rows(frame, rules)  # one row per model, at the epoch the rules label
     rows = []
     for column, name in REPORT_METRICS:
@@ -108,7 +115,7 @@ def _text(models: pd.DataFrame, table: pd.DataFrame, title: str | None, phase_no
     return "\n".join(lines) + "\n"
 
 
-def write_report(frame: pd.DataFrame, out_csv: str | Path, rules: PhaseRules = DEFAULT_RULES,
+def write_report(frame: pd.DataFrame, out_csv: str | Path, rules: PhaseRules | None = None,
                  num_classes: int | None = None, title: str | None = None) -> Path:
     """Write ``zoo_report``'s table to ``out_csv`` (atomically) and return the path."""
     out_csv = Path(out_csv)

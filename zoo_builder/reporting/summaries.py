@@ -34,8 +34,11 @@ LANDSCAPE_COLUMNS = (
     "representation_similarity", "curve_mc_train_error", "curve_mc_test_error",
     "log_hessian_trace_train", "log_hessian_top_ev_val",
     "curve_mc_train_loss", "curve_mc_test_loss", "log_hessian_trace_val",
-    "log_hessian_top_ev_train",
+    "log_hessian_top_ev_train", "curve_mc_test_rel_l2_error",
 )
+
+#: Derived columns of language zoos: perplexity = exp(mean next-token loss in nats).
+PERPLEXITY_COLUMNS = {"train_perplexity": "train_loss", "test_perplexity": "test_loss"}
 
 #: Identity columns a summary needs besides the metrics (``width`` may come as ``embedding_dim``).
 GRID_COLUMNS = ("width", "batchsize", "epoch")
@@ -148,7 +151,27 @@ def _read_zoo_folder(root: Path) -> tuple[pd.DataFrame, str, int | None]:
     known = {c for c in classes.values() if c is not None}
     if known:
         frame["num_classes"] = pd.to_numeric(frame["model"].map(classes))
+    workloads = {m.name: m.params.get("training::workload", "image_classification")
+                 for m in zoo.models}
+    frame["workload"] = frame["model"].map(workloads)
+    add_perplexity(frame)
     return frame, zoo.name, None
+
+
+def add_perplexity(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``train_perplexity`` and ``test_perplexity`` (exp of the loss) to the rows of
+    language models (``workload`` column), in place; the paper's GPT-2 tables and plots report
+    perplexity where the vision zoos report accuracy."""
+    if "workload" not in frame.columns:
+        return frame
+    language = frame["workload"] == "language_modeling"
+    if language.any():
+        for column, loss in PERPLEXITY_COLUMNS.items():
+            if loss in frame.columns:
+                values = pd.to_numeric(frame[loss], errors="coerce").clip(upper=700).map(
+                    math.exp, na_action="ignore")  # 700: below float64's overflow
+                frame[column] = values.where(language)
+    return frame
 
 
 def _classes_of_zoo_root(root: Path) -> int | None:

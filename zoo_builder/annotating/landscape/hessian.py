@@ -245,6 +245,67 @@ class HessianOperator:
                           for t, p in zip(tensors, self.params)])
 
 
+class ClosureHessianOperator:
+    """The Hessian of ``loss(model)``, a loss that is not a mean over independent samples.
+
+    A PINN's training loss mixes a residual term, which differentiates the network with
+    respect to its inputs, with initial and boundary terms on other points; it cannot be cut
+    into chunks of (input, label) pairs the way :class:`HessianOperator` does. ``loss`` is
+    called with the model (in eval mode, each submodule's mode restored afterwards) under
+    ``torch.enable_grad()`` and must return a scalar built with a differentiable graph (e.g.
+    ``ConvectionProblem.loss``, whose input derivatives use ``create_graph`` when gradients
+    are on). Each product is one gradient with ``create_graph=True`` and one more backward;
+    ``n_hvps`` and the flattening follow :class:`HessianOperator`.
+    """
+
+    def __init__(self, model: nn.Module, loss: Callable[[nn.Module], Tensor]):
+        self.model = model
+        self.loss = loss
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError(f"{type(model).__name__} has no parameters with requires_grad; "
+                             "there is no Hessian to compute")
+        self.dim = sum(p.numel() for p in self.params)
+        self.n_hvps = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.params[0].device
+
+    def matvec(self, v: Tensor) -> Tensor:
+        if v.ndim != 1:
+            raise ValueError(f"matvec takes a flat vector, got shape {tuple(v.shape)}")
+        return self.matmat(v[:, None])[:, 0]
+
+    def matmat(self, vectors: Tensor) -> Tensor:
+        if vectors.ndim != 2 or vectors.shape[0] != self.dim:
+            raise ValueError(f"expected a ({self.dim}, k) block of vectors, got shape "
+                             f"{tuple(vectors.shape)}")
+        k = vectors.shape[1]
+        out = torch.zeros_like(vectors)
+        if k == 0:
+            return out
+        with _eval_mode(self.model), torch.enable_grad():
+            loss = self.loss(self.model)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+            pairs = [(g, i) for i, g in enumerate(grads) if g is not None and g.requires_grad]
+            for j in range(k):
+                if not pairs:
+                    break
+                column = self._unflatten(vectors[:, j])
+                dot = sum((g * column[i]).sum() for g, i in pairs)
+                hv = torch.autograd.grad(dot, self.params, retain_graph=j < k - 1,
+                                         allow_unused=True)
+                out[:, j] = self._flatten(hv).to(out)
+            del loss, grads, pairs
+        self.n_hvps += k
+        return out
+
+    # the same parameter layout as HessianOperator's
+    _unflatten = HessianOperator._unflatten
+    _flatten = HessianOperator._flatten
+
+
 # ------------------------------------------------------------------------- shared helpers
 
 
@@ -674,6 +735,28 @@ def hessian_metrics(
     halve it on large models.
     """
     op = HessianOperator(model, images, labels, chunk_size=chunk_size, loss_fn=loss_fn)
+    return operator_hessian_metrics(
+        op, seed=seed, eig_rtol=eig_rtol, eig_max_iter=eig_max_iter, which=which,
+        trace_hvps=trace_hvps, trace_krylov_size=trace_krylov_size,
+        trace_target_rse=trace_target_rse, trace_min_samples=trace_min_samples, dtype=dtype)
+
+
+def operator_hessian_metrics(
+    op: SymmetricOperator,
+    *,
+    seed: int = 0,
+    eig_rtol: float = DEFAULT_EIG_RTOL,
+    eig_max_iter: int = DEFAULT_EIG_MAX_ITER,
+    which: Which = "LA",
+    trace_hvps: int = DEFAULT_TRACE_HVPS,
+    trace_krylov_size: int = DEFAULT_TRACE_KRYLOV,
+    trace_target_rse: float | None = DEFAULT_TRACE_TARGET_RSE,
+    trace_min_samples: int = 10,
+    dtype: torch.dtype = torch.float64,
+) -> dict[str, float]:
+    """:func:`hessian_metrics` on any symmetric operator (e.g. a
+    :class:`ClosureHessianOperator` for a PINN loss, or a :class:`HessianOperator` over token
+    windows): the same keys, budgets and estimators."""
     _check_budget("eig_max_iter", eig_max_iter)
     if not eig_rtol > 0:
         raise ValueError(f"eig_rtol must be positive, got {eig_rtol}")

@@ -69,18 +69,17 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
-from torch.nn import functional as F
 
+from zoo_builder.annotating.landscape.problems import (ImageClassificationLandscape,
+                                                       LandscapeProblem)
 from zoo_builder.data import ImageData
 from zoo_builder.data.images import Augmentation
-from zoo_builder.annotating.landscape.batchnorm import recompute_batchnorm_statistics
-from zoo_builder.building.workloads import evaluate_classifier
 
 log = logging.getLogger(__name__)
 
@@ -97,31 +96,26 @@ CONVERGED_DROP = 0.01
 
 @dataclass
 class ModeConnectivityResult:
-    """mc values (errors in percent) and the curves they come from, at the points ``t``.
+    """mc of every quantity the problem measures along the curve, and the curves themselves.
 
-    ``seconds`` is the wall time of the whole measurement (curve training and evaluation).
+    ``mc[q]`` is the mode connectivity of quantity ``q`` (e.g. ``train_error`` in percent,
+    ``train_loss``; :attr:`LandscapeProblem.curve_quantities`), ``curves[q]`` its values at
+    the points ``t``. ``seconds`` is the wall time of the whole measurement (curve training
+    and evaluation).
     """
 
-    train_error: float
-    test_error: float
-    train_loss: float
-    test_loss: float
+    mc: dict[str, float]
+    curves: dict[str, list[float]]
     t: list[float]
-    train_error_curve: list[float]
-    test_error_curve: list[float]
-    train_loss_curve: list[float]
-    test_loss_curve: list[float]
     seconds: float
     training: "CurveTraining | None" = None
 
     def to_metrics(self) -> dict[str, float]:
-        """The result.json / summary keys (``curve_mc_train_error`` as published, in %), and
-        the curve training's budget and convergence (``curve_steps``, ``curve_loss_final``,
-        ``curve_loss_drop``, ``curve_converged`` as 1.0 or 0.0, so that pairs average into the
-        fraction converged)."""
-        metrics = {"curve_mc_train_error": self.train_error,
-                   "curve_mc_test_error": self.test_error,
-                   "curve_mc_train_loss": self.train_loss, "curve_mc_test_loss": self.test_loss}
+        """The result.json / summary keys, ``curve_mc_<quantity>`` (``curve_mc_train_error``
+        as published, in %), and the curve training's budget and convergence
+        (``curve_steps``, ``curve_loss_final``, ``curve_loss_drop``, ``curve_converged`` as
+        1.0 or 0.0, so that pairs average into the fraction converged)."""
+        metrics = {f"curve_mc_{quantity}": value for quantity, value in self.mc.items()}
         if self.training is not None:
             metrics.update(self.training.to_metrics())
         return metrics
@@ -216,37 +210,35 @@ def _end_weights(model_a: nn.Module, model_b: nn.Module, device: torch.device | 
     return start, {name: params_b[name].detach().to(device).clone() for name in params_a}
 
 
+def _make_optimizer(kind: str, parameters: list[torch.Tensor], lr: float,
+                    momentum: float) -> torch.optim.Optimizer:
+    if kind == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=momentum)
+    if kind == "adam":
+        return torch.optim.Adam(parameters, lr=lr)
+    raise ValueError(f"unknown curve optimizer {kind!r}; expected 'sgd' or 'adam'")
+
+
 def _train_curve(net: nn.Module, start: Weights, middle: Weights, end: Weights,
-                 data: ImageData, *, steps: int, lr: float, momentum: float,
-                 weight_decay: float, batch_size: int, augment: Augmentation | None,
+                 problem: LandscapeProblem, *, steps: int, lr: float, momentum: float,
+                 weight_decay: float, batch_size: int, optimizer: str,
                  generator: torch.Generator) -> list[float]:
     """Train the curve's middle in place for ``steps`` optimizer steps (see the module
     docstring); return the loss of every step."""
-    n = len(data.train_x)
-    # Full batches only, as in zoo_builder.building.train: a last batch of a few samples gives
-    # BatchNorm wild statistics.
-    batch_size = min(batch_size, n)
-    batches_per_shuffle = n // batch_size
-    optimizer = torch.optim.SGD(list(middle.values()), lr=lr, momentum=momentum)
-    device = data.train_x.device
+    optimizer = _make_optimizer(optimizer, list(middle.values()), lr, momentum)
+    device = next(iter(middle.values())).device
     net.train()
     losses = torch.empty(steps, device=device)
-    order = torch.empty(0, dtype=torch.long, device=device)
+    batches = problem.curve_batches(batch_size, generator)
+    point = _CurvePoint(net)
     for step in range(steps):
-        position = step % batches_per_shuffle
-        if position == 0:
-            order = torch.randperm(n, generator=generator, device=device)
         for group in optimizer.param_groups:
             group["lr"] = curve_learning_rate(lr, step / steps)
-        index = order[position * batch_size:(position + 1) * batch_size]
-        images = data.train_x[index]
-        if augment is not None:
-            images = augment(images, generator)
-        t = torch.rand((), generator=generator, device=device)
-        weights = bezier_point(start, middle, end, t)
-        logits = functional_call(net, weights, (data.normalize(images),))
-        loss = F.cross_entropy(logits.float(), data.train_y[index])
-        penalty = sum(w.pow(2).sum() for w in weights.values())
+        batch = next(batches)
+        t = torch.rand((), generator=generator, device=generator.device).to(device)
+        point.weights = bezier_point(start, middle, end, t)
+        loss = problem.curve_loss(point, batch)
+        penalty = sum(w.pow(2).sum() for w in point.weights.values())
         optimizer.zero_grad(set_to_none=True)
         (loss + 0.5 * weight_decay * penalty).backward()
         optimizer.step()
@@ -261,13 +253,26 @@ def _train_curve(net: nn.Module, start: Weights, middle: Weights, end: Weights,
     return history
 
 
+class _CurvePoint(nn.Module):
+    """``net`` evaluated at the weights ``weights`` (``functional_call``), so a problem's loss
+    can take it as a model: no module is copied per step."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.weights: Weights = {}
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        return functional_call(self.net, self.weights, args)
+
+
 def bezier_mode_connectivity(
     model_a: nn.Module,
     model_b: nn.Module,
-    data: ImageData,
+    data: ImageData | LandscapeProblem,
     *,
     steps: int = REFERENCE_CURVE_STEPS,
-    lr: float = 0.1,
+    lr: float | None = None,
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     batch_size: int = 128,
@@ -276,15 +281,23 @@ def bezier_mode_connectivity(
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> ModeConnectivityResult:
-    """Train a Bezier curve between two models and measure mc on train/test error and loss.
+    """Train a Bezier curve between two models and measure mc of every quantity the problem
+    judges a point by (for classifiers: train/test error and loss).
 
-    Defaults are the reference's (PTMZ: 10 CIFAR epochs = :data:`REFERENCE_CURVE_STEPS`
-    steps, lr 0.1, momentum 0.9, L2 5e-4, batch 128, 5 points); ``steps=0`` measures the
-    straight line. ``augment`` (e.g. the zoo's
-    ``Augmentation``) applies to curve training only; ``seed`` fixes the shuffling, the t of
+    ``data`` is a :class:`~zoo_builder.annotating.landscape.problems.LandscapeProblem` (the
+    loss, the batches and the measurements of a workload) or, for classifiers, their
+    :class:`ImageData`. Defaults are the reference's (PTMZ: 10 CIFAR epochs =
+    :data:`REFERENCE_CURVE_STEPS` steps, SGD lr 0.1, momentum 0.9, L2 5e-4, batch 128, 5
+    points); ``lr`` None takes the problem's (``curve_lr``, with its ``curve_optimizer``);
+    ``steps=0`` measures the straight line. ``augment`` (e.g. the zoo's ``Augmentation``, with
+    ``ImageData`` only) applies to curve training only; ``seed`` fixes the shuffling, the t of
     each mini-batch and the augmentation. The models are not modified. Buffers other than
     BatchNorm running statistics (which are recomputed at every point) come from ``model_a``.
     """
+    problem = (data if isinstance(data, LandscapeProblem)
+               else ImageClassificationLandscape({}, data.to(device), augment=augment,
+                                                 device=device))
+    lr = problem.curve_lr if lr is None else lr
     if steps < 0 or batch_size < 1 or lr <= 0:
         raise ValueError(f"need steps >= 0, batch_size >= 1 and lr > 0; got steps={steps}, "
                          f"batch_size={batch_size}, lr={lr}")
@@ -292,42 +305,35 @@ def bezier_mode_connectivity(
         raise ValueError(f"n_eval_points must be at least 3 (both ends and an interior point), "
                          f"got {n_eval_points}")
     started = time.perf_counter()
-    data = data.to(device)
     start, end = _end_weights(model_a, model_b, device)
     middle = {name: ((start[name] + end[name]) / 2).requires_grad_() for name in start}
     net = copy.deepcopy(model_a).to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     training = None
     if steps > 0:
-        losses = _train_curve(net, start, middle, end, data, steps=steps, lr=lr,
+        losses = _train_curve(net, start, middle, end, problem, steps=steps, lr=lr,
                               momentum=momentum, weight_decay=weight_decay,
-                              batch_size=batch_size, augment=augment, generator=generator)
-        training = CurveTraining.from_losses(losses, loss_scale=math.log(data.num_classes))
+                              batch_size=batch_size, optimizer=problem.curve_optimizer,
+                              generator=generator)
+        training = CurveTraining.from_losses(losses, loss_scale=problem.loss_scale)
 
     ts = np.linspace(0.0, 1.0, n_eval_points).tolist()
-    curves: dict[str, list[float]] = {"train_error": [], "test_error": [], "train_loss": [],
-                                      "test_loss": []}
+    curves: dict[str, list[float]] = {quantity: [] for quantity in problem.curve_quantities}
     parameters = dict(net.named_parameters())
     for t in ts:
         # The ends are the models' own weights, whatever happened to the middle.
         weights = start if t == 0.0 else end if t == 1.0 else bezier_point(start, middle, end, t)
         if not all(torch.isfinite(w).all() for w in weights.values()):
             # A diverged middle: NaN, not the error of whatever class NaN logits argmax to.
-            train_loss = train_acc = test_loss = test_acc = float("nan")
+            values = {quantity: float("nan") for quantity in curves}
         else:
             with torch.no_grad():
                 for name, parameter in parameters.items():
                     parameter.copy_(weights[name])
-            recompute_batchnorm_statistics(net, data.train_x, data.normalize,
-                                           batch_size=batch_size)
-            train_loss, train_acc = evaluate_classifier(net, data, data.train_x, data.train_y)
-            test_loss, test_acc = evaluate_classifier(net, data, data.test_x, data.test_y)
-        curves["train_error"].append(100.0 * (1.0 - train_acc))
-        curves["test_error"].append(100.0 * (1.0 - test_acc))
-        curves["train_loss"].append(train_loss)
-        curves["test_loss"].append(test_loss)
+            problem.prepare_point(net, batch_size)
+            values = problem.point_metrics(net.eval())
+        for quantity in curves:
+            curves[quantity].append(values[quantity])
     return ModeConnectivityResult(
-        **{key: curve_connectivity(values) for key, values in curves.items()},
-        t=ts, **{f"{key}_curve": values for key, values in curves.items()},
-        seconds=time.perf_counter() - started, training=training,
-    )
+        mc={quantity: curve_connectivity(values) for quantity, values in curves.items()},
+        curves=curves, t=ts, seconds=time.perf_counter() - started, training=training)
