@@ -317,8 +317,14 @@ def test_groups_settings_and_keys():
         models = [FakeModel()]
 
     with pytest.raises(AnnotationError, match="image-classification zoo"):
-        check_downstream_zoo(FakeZoo(), ["pruning"])
-    check_downstream_zoo(FakeZoo(), ["hessian"])
+        check_downstream_zoo(FakeZoo(), ["rebasin"])
+    with pytest.raises(AnnotationError, match="image-classification zoo"):
+        check_downstream_zoo(FakeZoo(), ["transfer"])
+    check_downstream_zoo(FakeZoo(), ["hessian", "pruning", "epoch_average", "ensemble"])
+    language = {"training::workload": "language_modeling"}
+    assert done_keys("pruning", FAST, language) == ("prune_acc_test_50", "prune_acc_test_90")
+    assert done_keys("ensemble", FAST, {"training::workload": "physics_informed"}) == (
+        "ensemble_rel_l2_test",)
 
 
 def test_cli_annotate_flags(tmp_path):

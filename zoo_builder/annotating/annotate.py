@@ -31,8 +31,15 @@ boundary), CKA of their solutions at the collocation points, and mode connectivi
 loss, the test MSE and the relative L2 error (``curve_mc_train_loss``, ``curve_mc_test_loss``,
 ``curve_mc_test_rel_l2_error``; no ``curve_mc_*_error``: a PINN has no prediction error).
 
-Downstream methods (:mod:`zoo_builder.annotating.downstream`, REFERENCE §5; image-classification zoos
-only), asked for by group name or all at once as ``downstream``, are not computed by default.
+Downstream methods (:mod:`zoo_builder.annotating.downstream`, REFERENCE §5), asked for by group
+name or all at once as ``downstream``, are not computed by default. Image classifiers get all
+of them as below; language and PINN zoos get ``epoch_average``, ``pruning`` and ``ensemble``
+judged by their own test metrics m (language: ``acc_test`` next-token accuracy and
+``loss_test`` in nats; PINN: ``rel_l2_test``): ``wiseft_<m>``, ``wiseft_<m>_delta``,
+``prune_<m>_<pct>``, ``ensemble_<m>``, ``ensemble_member_<m>`` and ``ensemble_gain``
+(positive: the ensemble is better, also for an error). ``rebasin`` and ``transfer`` do not
+apply to them: weight matching knows the permutation symmetries of ResNets and ViTs only, and
+neither zoo has a second data set of its input kind to transfer to.
 Accuracies are fractions in [0, 1], deltas and gains differences of them; the model itself is
 the checkpoint at the annotated epoch, evaluated as it is on the test set:
 
@@ -252,9 +259,17 @@ def expand_groups(groups: Sequence[str]) -> list[str]:
     return [g for g in METRIC_GROUPS if g in wanted]
 
 
+#: Downstream methods that apply to every workload (judged by its test metrics, see
+#: :mod:`zoo_builder.annotating.landscape.problems`); the others need image classifiers:
+#: git re-basin's weight matching knows the permutation symmetries of ResNets and ViTs only,
+#: and transfer needs a second data set of the same input kind (none exists for the
+#: language and PINN zoos).
+ANY_WORKLOAD_DOWNSTREAM = ("epoch_average", "pruning", "ensemble")
+
+
 def check_downstream_zoo(zoo: Zoo, groups: Sequence[str]) -> None:
-    """Downstream methods train and evaluate classifiers: refuse other zoos up front."""
-    asked = [g for g in groups if g in DOWNSTREAM_GROUPS]
+    """Refuse, up front, downstream methods the zoo's workload has none of."""
+    asked = [g for g in groups if g in DOWNSTREAM_GROUPS and g not in ANY_WORKLOAD_DOWNSTREAM]
     if not asked:
         return
     for model in zoo.models:
@@ -263,18 +278,27 @@ def check_downstream_zoo(zoo: Zoo, groups: Sequence[str]) -> None:
             raise AnnotationError(
                 f"downstream metrics {asked} need an image-classification zoo; model "
                 f"'{model.name}' of '{zoo.root}' is trained for '{workload}'. Annotate this zoo "
-                "with the landscape groups only (--metrics landscape)")
+                f"with the landscape groups and {list(ANY_WORKLOAD_DOWNSTREAM)} only")
 
 
 def done_keys(group: str, settings: AnnotationSettings,
               params: dict[str, Any] | None = None) -> tuple[str, ...]:
     """The keys that must all be stored for ``group`` to count as done at an epoch (mode
     connectivity: the workload's, e.g. ``curve_mc_train_loss`` where there is no error)."""
-    if group == "mode_connectivity" and params is not None:
+    if params is not None and group in ("mode_connectivity", *ANY_WORKLOAD_DOWNSTREAM):
         from zoo_builder.annotating.landscape.problems import LANDSCAPE_PROBLEMS, workload_of
 
-        cls = LANDSCAPE_PROBLEMS.get(workload_of(params))
-        return (f"curve_mc_{cls.done_quantity}",)
+        workload = workload_of(params)
+        cls = LANDSCAPE_PROBLEMS.get(workload)
+        if group == "mode_connectivity":
+            return (f"curve_mc_{cls.done_quantity}",)
+        if workload != "image_classification":
+            metric = cls.test_metrics[0]
+            if group == "epoch_average":
+                return (f"wiseft_{metric}_delta",)
+            if group == "ensemble":
+                return (f"ensemble_{metric}",)
+            return tuple(prune_key(s, metric) for s in settings.prune_sparsities)
     if group == "pruning":
         return tuple(prune_key(s) for s in settings.prune_sparsities)
     if group == "transfer":
@@ -289,8 +313,8 @@ def percent_label(fraction: float) -> str:
     return str(int(value)) if value == int(value) else f"{value:g}".replace(".", "_")
 
 
-def prune_key(sparsity: float) -> str:
-    return f"prune_acc_test_{percent_label(sparsity)}"
+def prune_key(sparsity: float, metric: str = "acc_test") -> str:
+    return f"prune_{metric}_{percent_label(sparsity)}"
 
 
 def wiseft_alpha_keys(alpha: float) -> tuple[str, str]:
@@ -350,6 +374,8 @@ def annotate_grid_point(job: GridPointJob) -> str | None:
 
 
 def _annotate_grid_point(job: GridPointJob) -> str | None:
+    from zoo_builder.annotating.landscape.problems import workload_of
+
     try:
         models = [ModelRecord.read(path) for path in job.trial_dirs]
         data = dataset_for(models[0], job.dataset, job.data_root).to(job.device)
@@ -361,8 +387,11 @@ def _annotate_grid_point(job: GridPointJob) -> str | None:
             target = transfer_data(source, job.settings.transfer_dataset,
                                    job.data_root).to(job.device)
         epochs = sorted({e for m in models for e in annotation_epochs(m, job.epochs)})
-        per_model = {"hessian": hessian_annotation, "epoch_average": epoch_average_annotation,
-                     "pruning": pruning_annotation,
+        images = all(workload_of(m.params) == "image_classification" for m in models)
+        per_model = {"hessian": hessian_annotation,
+                     "epoch_average": (epoch_average_annotation if images
+                                       else workload_epoch_average_annotation),
+                     "pruning": pruning_annotation if images else workload_pruning_annotation,
                      "transfer": lambda m, e, d, j: transfer_annotation(m, e, d, target, j)}
         for epoch in epochs:
             for group, annotation in per_model.items():
@@ -392,7 +421,8 @@ def _annotate_grid_point(job: GridPointJob) -> str | None:
                 values.update(rebasin_annotation(models[0].model_args,
                                                  [networks[i] for i in order], data, job))
             if "ensemble" in seed_groups:
-                values.update(ensemble_annotation(networks, data))
+                values.update(ensemble_annotation(networks, data) if images
+                              else workload_ensemble_annotation(networks, models[0], data, job))
             for model in models:
                 _store(model, epoch, values)
         return None
@@ -528,13 +558,8 @@ def epoch_average_annotation(model: ModelRecord, epoch: int, data: ImageData,
     BatchNorm re-estimated, against the checkpoint at ``epoch``; {} if fewer than 2."""
     from zoo_builder.annotating.downstream.averaging import average_checkpoints
 
-    window = job.settings.average_window
-    chosen = [e for e in model.checkpoint_epochs if epoch - window < e <= epoch]
-    if len(chosen) < 2:
-        log.warning("%s: %d checkpoint(s) in the epoch-averaging window (%d, %d] (checkpoints at "
-                    "%s), so no epoch average; widen the window (--average-window) to take in "
-                    "at least two", model.name, len(chosen), epoch - window, epoch,
-                    list(model.checkpoint_epochs))
+    chosen = _averaging_window(model, epoch, job.settings.average_window)
+    if not chosen:
         return {}
     network = load_model(model, epoch, job.device)
     states = [load_model(model, e, job.device).state_dict() for e in chosen]
@@ -542,6 +567,74 @@ def epoch_average_annotation(model: ModelRecord, epoch: int, data: ImageData,
     single, average = _test_acc(network, data), _test_acc(averaged, data)
     return {"wiseft_acc_test": average, "wiseft_acc_test_delta": average - single,
             "wiseft_n_checkpoints": len(chosen)}
+
+
+def _averaging_window(model: ModelRecord, epoch: int, window: int) -> list[int]:
+    """The checkpointed epochs in (epoch - window, epoch]; [] (with a warning) if fewer than 2."""
+    chosen = [e for e in model.checkpoint_epochs if epoch - window < e <= epoch]
+    if len(chosen) < 2:
+        log.warning("%s: %d checkpoint(s) in the epoch-averaging window (%d, %d] (checkpoints at "
+                    "%s), so no epoch average; widen the window (--average-window) to take in "
+                    "at least two", model.name, len(chosen), epoch - window, epoch,
+                    list(model.checkpoint_epochs))
+        return []
+    return chosen
+
+
+def workload_epoch_average_annotation(model: ModelRecord, epoch: int, data: Any,
+                                      job: GridPointJob) -> dict[str, Any]:
+    """Epoch averaging for workloads other than image classification, judged by their test
+    metrics (language: next-token accuracy and loss; PINN: relative L2 error): for each
+    metric m, ``wiseft_<m>`` and ``wiseft_<m>_delta`` (average minus the model). No
+    normalization statistics to re-estimate: LayerNorm keeps none, the PINN has no norm."""
+    from zoo_builder.annotating.downstream.averaging import average_checkpoints
+
+    chosen = _averaging_window(model, epoch, job.settings.average_window)
+    if not chosen:
+        return {}
+    problem = landscape_problem(model, data, job)
+    network = load_model(model, epoch, job.device)
+    averaged = copy.deepcopy(network)
+    averaged.load_state_dict(average_checkpoints(
+        [load_model(model, e, job.device).state_dict() for e in chosen]))
+    single, average = problem.test_performance(network), problem.test_performance(averaged)
+    values: dict[str, Any] = {"wiseft_n_checkpoints": len(chosen)}
+    for metric in problem.test_metrics:
+        values[f"wiseft_{metric}"] = average[metric]
+        values[f"wiseft_{metric}_delta"] = average[metric] - single[metric]
+    return values
+
+
+def workload_pruning_annotation(model: ModelRecord, epoch: int, data: Any,
+                                job: GridPointJob) -> dict[str, Any]:
+    """Global magnitude pruning of the linear weights (GPT: attention and MLP; the tied token
+    embedding is the LM head and stays) at each sparsity, judged by the workload's test
+    metrics: ``prune_<m>_<pct>``. Fine-tuning the pruned model is for classifiers only."""
+    from zoo_builder.annotating.downstream.pruning import global_magnitude_prune, prunable_weights
+
+    settings = job.settings
+    if settings.prune_finetune_epochs > 0:
+        raise AnnotationError(f"pruning with fine-tuning (--prune-finetune-epochs "
+                              f"{settings.prune_finetune_epochs}) is implemented for image "
+                              f"classifiers only; model '{model.name}' is not one: use 0")
+    problem = landscape_problem(model, data, job)
+    network = load_model(model, epoch, job.device)
+    state, prunable = network.state_dict(), prunable_weights(network)
+    values: dict[str, Any] = {"prune_finetune_epochs": 0}
+    for sparsity in settings.prune_sparsities:
+        pruned = copy.deepcopy(network)
+        pruned.load_state_dict(global_magnitude_prune(state, sparsity, prunable)[0])
+        for metric, value in problem.test_performance(pruned).items():
+            values[prune_key(sparsity, metric)] = value
+    return values
+
+
+def workload_ensemble_annotation(networks: list[torch.nn.Module], model: ModelRecord, data: Any,
+                                 job: GridPointJob) -> dict[str, Any]:
+    """The seeds' output-averaging ensemble for workloads other than image classification:
+    language models average next-token probabilities, PINNs their solutions."""
+    problem = landscape_problem(model, data, job)
+    return {**problem.ensemble_performance(networks), "ensemble_size": len(networks)}
 
 
 def rebasin_annotation(model_args: dict[str, Any], networks: list[torch.nn.Module],

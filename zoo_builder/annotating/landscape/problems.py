@@ -108,6 +108,34 @@ class LandscapeProblem(ABC):
     def prepare_point(self, model: nn.Module, batch_size: int) -> None:
         """Make a point's weights evaluable (BatchNorm statistics); nothing by default."""
 
+    # Downstream methods (epoch averaging, pruning, ensembling) judge the models they make by
+    # the workload's test metrics; the first of :attr:`test_metrics` decides "done" and the
+    # ensemble's gain, and :attr:`higher_is_better` says which way it counts.
+    test_metrics: tuple[str, ...] = ("acc_test",)
+    higher_is_better: bool = True
+
+    def test_performance(self, model: nn.Module) -> dict[str, float]:
+        """The :attr:`test_metrics` of ``model`` (weights made, not trained: averaged or
+        pruned; evaluated as they are)."""
+        raise NotImplementedError(f"{type(self).__name__} has no downstream evaluation")
+
+    def ensemble_performance(self, models: list[nn.Module]) -> dict[str, float]:
+        """The :attr:`test_metrics` of the members' averaged outputs (``ensemble_<m>``), the
+        members' mean (``ensemble_member_<m>``) and ``ensemble_gain`` on the first metric
+        (positive: the ensemble is better)."""
+        raise NotImplementedError(f"{type(self).__name__} has no ensemble evaluation")
+
+    def _ensemble_values(self, ensemble: dict[str, float], members: list[dict[str, float]]
+                         ) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for metric in self.test_metrics:
+            values[f"ensemble_{metric}"] = ensemble[metric]
+            values[f"ensemble_member_{metric}"] = sum(m[metric] for m in members) / len(members)
+        first = self.test_metrics[0]
+        gain = values[f"ensemble_{first}"] - values[f"ensemble_member_{first}"]
+        values["ensemble_gain"] = gain if self.higher_is_better else -gain
+        return values
+
     @property
     @abstractmethod
     def loss_scale(self) -> float:
@@ -287,6 +315,41 @@ class LanguageModelingLandscape(LandscapeProblem):
         tokens, targets = batch
         return next_token_loss(model(tokens), targets)
 
+    test_metrics = ("acc_test", "loss_test")
+
+    def test_performance(self, model: nn.Module) -> dict[str, float]:
+        loss, acc = self.workload.evaluate(model, "val")
+        return {"acc_test": acc, "loss_test": loss}
+
+    @torch.no_grad()
+    def ensemble_performance(self, models: list[nn.Module]) -> dict[str, float]:
+        """Next-token probabilities averaged over the members (float64), on the workload's
+        fixed val windows: accuracy of their argmax and cross-entropy of the average."""
+        generator = torch.Generator(device=self.device).manual_seed(self.workload.eval_seed)
+        eval_batch = max(1, min(self.workload.batch_size, 16384 // self.block_size))
+        for model in models:
+            model.eval()
+        loss_sum, correct, count = 0.0, 0, 0
+        member_loss, member_correct = [0.0] * len(models), [0] * len(models)
+        for _ in range(self.workload.eval_batches):
+            tokens, targets = self.data.batch("val", eval_batch, self.block_size, generator)
+            probabilities = []
+            for index, model in enumerate(models):
+                logits = model(tokens).double()
+                member_loss[index] += F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                                      reduction="sum").item()
+                member_correct[index] += (logits.argmax(-1) == targets).sum().item()
+                probabilities.append(logits.softmax(-1))
+            mean = torch.stack(probabilities).mean(0)
+            picked = mean.gather(-1, targets[..., None]).clamp_min(1e-300)
+            loss_sum += -picked.log().sum().item()
+            correct += (mean.argmax(-1) == targets).sum().item()
+            count += targets.numel()
+        members = [{"acc_test": c / count, "loss_test": loss / count}
+                   for c, loss in zip(member_correct, member_loss)]
+        return self._ensemble_values({"acc_test": correct / count, "loss_test": loss_sum / count},
+                                     members)
+
     def point_metrics(self, model: nn.Module) -> dict[str, float]:
         train_loss, train_acc = self.workload.evaluate(model, "train")
         test_loss, test_acc = self.workload.evaluate(model, "val")
@@ -362,6 +425,24 @@ class PhysicsInformedLandscape(LandscapeProblem):
 
     def curve_loss(self, model: nn.Module, batch: Any) -> Tensor:
         return self.data.loss(model)
+
+    test_metrics = ("rel_l2_test",)
+    higher_is_better = False
+
+    def test_performance(self, model: nn.Module) -> dict[str, float]:
+        model.eval()
+        return {"rel_l2_test": float(self.data.test_error(model)["relative_l2"])}
+
+    @torch.no_grad()
+    def ensemble_performance(self, models: list[nn.Module]) -> dict[str, float]:
+        """The members' solutions averaged on the test grid: its relative L2 error."""
+        target = self.data.test_target
+        solutions = [model.eval()(self.data.test_inputs).reshape(-1) for model in models]
+        members = [{"rel_l2_test": float((u - target).norm() / target.norm())}
+                   for u in solutions]
+        mean = torch.stack(solutions).mean(0)
+        ensemble = {"rel_l2_test": float((mean - target).norm() / target.norm())}
+        return self._ensemble_values(ensemble, members)
 
     def point_metrics(self, model: nn.Module) -> dict[str, float]:
         model.eval()
