@@ -36,8 +36,10 @@ def weight_layout(state_dict: dict[str, torch.Tensor]) -> Layout:
     return [(key, tuple(t.shape)) for key, t in state_dict.items() if is_weight(key, t)]
 
 
-def check_same_layout(reference: str, reference_layout: Layout, name: str, layout: Layout) -> None:
-    """Raise a NotApplicableError naming both models and the first tensor where they differ."""
+def check_same_layout(reference: str, reference_layout: Layout, name: str, layout: Layout,
+                      predictor: str = "flat-mlp", instead: str = "stat-mlp or gmn") -> None:
+    """Raise a NotApplicableError naming both models and the first tensor where they differ
+    (and ``predictor``, which needs one shape, and what to use ``instead``)."""
     if layout == reference_layout:
         return
     for (key_a, shape_a), (key_b, shape_b) in zip(reference_layout, layout):
@@ -51,8 +53,8 @@ def check_same_layout(reference: str, reference_layout: Layout, name: str, layou
     else:
         difference = (f"has {len(layout)} weight tensors where model '{reference}' has "
                       f"{len(reference_layout)}")
-    raise NotApplicableError(f"flat-mlp needs models of one shape, but model '{name}' "
-                             f"{difference}; use stat-mlp or gmn for zoos of mixed widths")
+    raise NotApplicableError(f"{predictor} needs models of one shape, but model '{name}' "
+                             f"{difference}; use {instead} for zoos of mixed widths")
 
 
 class CountSketch:
