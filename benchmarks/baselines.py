@@ -45,6 +45,9 @@ from wslbench.tasks import TASKS
 from wslbench.zoo import Zoo
 
 BASELINES = ("linear-probe", "stat-gbm", "stat-mlp", "flat-mlp", "gmn")
+#: The methods of recent papers (issue 16): not run by default (probegen runs every model, for
+#: minutes per task); name them with ``--baselines``. Tables order them after BASELINES.
+RECENT_METHODS = ("probegen", "nfn", "spectral-mlp", "spectral-free")
 ZOOS = ("digits-resnet18:mini", "shakespeare-gpt2:default")
 LEADERBOARD_DIR = Path(__file__).resolve().parents[1] / "leaderboards"
 
@@ -62,6 +65,24 @@ BASELINE_METHODS = {
                      code="baselines/flat_mlp.py"),
     "gmn": dict(description="graph metanetwork on parameter graphs (Lim et al. 2023)",
                 paper="https://arxiv.org/abs/2312.04501", code="baselines/gmn.py"),
+    "probegen": dict(description="learned probes from a deep linear generator, run through "
+                                 "each model, outputs read by an MLP (ProbeGen, Kahana et al. "
+                                 "2024)", paper="https://arxiv.org/abs/2410.10811",
+                     code="baselines/probegen.py"),
+    "nfn": dict(description="permutation-equivariant neural functional over the "
+                            "architecture's permutation groups (NFN, Zhou et al. 2023); "
+                            "zoos of one shape", paper="https://arxiv.org/abs/2302.14040",
+                code="baselines/nfn.py"),
+    "spectral-mlp": dict(description="MLP on per-layer heavy-tail spectral metrics: alpha, "
+                                     "alpha-hat, stable rank, spectral and Frobenius norm "
+                                     "(Martin & Mahoney)",
+                         paper="https://arxiv.org/abs/2002.06716",
+                         code="baselines/spectral.py"),
+    "spectral-free": dict(description="data-free: minus the layer mean of alpha-hat, no "
+                                      "training; only rank scores are meaningful (Martin, "
+                                      "Peng & Mahoney 2021)",
+                          paper="https://arxiv.org/abs/2002.06716",
+                          code="baselines/spectral.py"),
 }
 
 #: The paper's Table 1 (linear probe on ResNet-18 zoos, R²), via REFERENCE.md section 6.
@@ -144,7 +165,7 @@ def stored_rows() -> list[tuple[str, str, str, dict, float]]:
     for entry in entries:
         newest[entry.zoo.name] = max(newest.get(entry.zoo.name, ("", "")),
                                      (entry.provenance.date, entry.zoo.revision))
-    order = {name: index for index, name in enumerate(BASELINES)}
+    order = {name: index for index, name in enumerate(BASELINES + RECENT_METHODS)}
     split_order = {name: index for index, name in enumerate(SPLITS.registration_order())}
     keyed = []
     for entry in entries:
@@ -171,7 +192,9 @@ def summary_table(rows: list[tuple[str, str, str, dict, float]]) -> str:
     def number(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
-    names = [b for b in BASELINES if any(row[2] == b for row in rows)]
+    known = BASELINES + RECENT_METHODS
+    names = [b for b in known if any(row[2] == b for row in rows)]
+    names += sorted({row[2] for row in rows} - set(known))
     cells: dict[tuple[str, str], dict[str, str]] = {}
     for zoo, task, baseline, scores, _ in rows:
         main, second = (("accuracy", "macro_f1") if "accuracy" in scores else ("r2", "kendall_tau"))
