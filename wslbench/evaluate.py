@@ -219,7 +219,7 @@ def evaluate(predictor: type | str, task: Task, zoo: Zoo, split: Split,
                 raise ValueError(f"the {part} part of split '{split.name}' has no model with "
                                  f"a '{task.name}' target in zoo '{zoo.root}'")
         targets = {part: task.as_array(i.target for i in items[part]) for part in PARTS}
-        with CheckpointStage() as stage:
+        with CheckpointStage(process.stage_base) as stage:
             job = {"task": task.reference, "seeds": [int(s) for s in seeds], "parts": {}}
             for part in PARTS:
                 revision = (test_zoo if part == "test" and test_zoo else zoo).revision

@@ -191,11 +191,15 @@ class PredictorProcess:
         self._tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self._hidden = _HiddenParent(self.zoo_roots, self._answer_dir)
         workdir = self._working_dir()  # before the parent itself moves out of it
+        #: where the evaluation stages checkpoints (absolute: the parent moves meanwhile)
+        self.stage_base = cache_dir().expanduser().resolve() / "stage"
+        env = child_environment(self.zoo_roots)
+        sys_path = [os.path.abspath(p or os.curdir) for p in sys.path]
         self._hidden.__enter__()
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "wslbench.predictor_child"], stdin=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=child_environment(self.zoo_roots),
+                stderr=subprocess.PIPE, env=env,
                 cwd=workdir, close_fds=True)
         except BaseException:
             self._hidden.__exit__(None, None, None)
@@ -203,7 +207,7 @@ class PredictorProcess:
         self._reader = threading.Thread(target=self._forward_stderr, daemon=True)
         self._reader.start()
         self._send({"predictor": self.reference, "file": self.file,
-                    "sys_path": [os.path.abspath(p or os.curdir) for p in sys.path],
+                    "sys_path": sys_path,
                     **_torch_settings(),
                     "answer": str(self.answer_path)})
 
@@ -305,17 +309,13 @@ class PredictorProcess:
                 f"{error['message']}{at}\n({VERBOSE_HINT})")
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self._send(None)
-            try:
-                self.process.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process.poll() is None:  # the parent stopped before the job ended: no use
+            self.process.kill()          # waiting for a child that may still be importing
+            self.process.wait()
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
         self._reader.join(timeout=5)
         self.process.stderr.close()
         self._hidden.__exit__(None, None, None)
@@ -343,10 +343,15 @@ def _label(reference: str) -> str:
 
 def child_environment(zoo_roots: Sequence[Path]) -> dict[str, str]:
     """The parent's environment without the variables that say where zoos are: the zoo
-    search path, and any variable whose value names a zoo's folder."""
+    search path, and any variable whose value names a zoo's folder. Relative wslbench
+    folders are made absolute (the child may work in another folder)."""
     names = [str(r) for r in zoo_roots]
-    return {key: value for key, value in os.environ.items()
-            if key not in PRIVATE_ENV and not any(n in value for n in names)}
+    env = {key: value for key, value in os.environ.items()
+           if key not in PRIVATE_ENV and not any(n in value for n in names)}
+    for key in ("WSLBENCH_CACHE", "WSLBENCH_DATA"):
+        if env.get(key):
+            env[key] = str(Path(env[key]).expanduser().resolve())
+    return env
 
 
 # --------------------------------------------------------------------------- the parent, hidden

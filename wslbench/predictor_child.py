@@ -37,10 +37,9 @@ def main() -> int:
         _answer(answer_path, {"ok": False, "error": describe_error(err, "while loading it",
                                                                    setup.get("file"))})
         return 0
-    line = sys.stdin.readline()
-    if not line:  # the parent stopped (its own checks failed); nothing to do
+    job = json.loads(sys.stdin.readline() or "null")
+    if job is None:  # the parent stopped (its own checks failed); nothing to do
         return 0
-    job = json.loads(line)
     try:
         predictions = _run(predictor_class, job)
     except BaseException as err:  # noqa: BLE001

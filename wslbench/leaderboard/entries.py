@@ -384,8 +384,22 @@ def validate(root: Path, zoos: Sequence[Any] = ()) -> list[Checked]:
             f"{len(data['tasks'])} task(s) re-scored; {LEGACY_NOTE}"
             if data.get("schema_version") == 1 else
             f"{len(data['tasks'])} task(s) re-scored with their 95% intervals")
+        copied = [] if problems else _copied_tasks(Entry.from_json(data), references)
+        if copied:
+            note += (f"; the predictions of {', '.join(copied)} are the reference's true test "
+                     "targets exactly: only `wslbench leaderboard reproduce` can tell whether "
+                     "code made them")
         checked.append(Checked(path, "entry", problems, note))
     return checked
+
+
+def _copied_tasks(entry: Entry, references: Mapping[str, Reference]) -> list[str]:
+    """The tasks of a valid entry whose every seed predicts exactly the true test targets."""
+    reference = references[entry.zoo.revision]
+    return [name for name, task in entry.tasks.items()
+            if (targets := reference.targets.get(task_key(name, task.version), {})
+                .get(entry.split.name))
+            and all(task.predictions[str(s)] == targets for s in task.seeds)]
 
 
 def load_entries(root: Path) -> list[Entry]:
