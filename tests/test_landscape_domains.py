@@ -5,7 +5,9 @@ PINN (an MLP 2-6-6-1 on the convection problem, 67 parameters) are small enough 
 whole Hessian of their loss with ``torch.autograd.functional.hessian``, independently of the
 Hessian-vector products the annotation uses: the products must equal H v, the top eigenvalue
 must lie within 1 % and the trace within 5 % of the exact ones. Mode connectivity of a model
-with itself must be ~0, and CKA of a model with itself 1.
+with itself must be ~0, and CKA of a model with itself 1. Tiny annotated zoos of both domains
+(the specs' ``tiny`` presets with two seeds) then go through annotation, report, plots and
+``wslbench evaluate linear-probe --task hessian``.
 """
 
 from __future__ import annotations
@@ -172,8 +174,12 @@ def test_mode_connectivity_of_a_model_with_itself_is_zero_pinn():
     assert sorted(metrics) == ["curve_mc_test_loss", "curve_mc_test_rel_l2_error",
                                "curve_mc_train_loss"]
     assert all(abs(value) < 1e-9 for value in metrics.values())
-    trained = bezier_mode_connectivity(model, model, problem, steps=10)
-    assert abs(trained.mc["train_loss"]) < 1e-2 and abs(trained.mc["test_rel_l2_error"]) < 1e-2
+    # an untrained network is no minimum (Adam at its 1e-3 finds lower loss mid-curve), so a
+    # small rate: curve training runs and leaves the curve near the point
+    trained = bezier_mode_connectivity(model, model, problem, steps=10, lr=1e-5)
+    for quantity in ("train_loss", "test_rel_l2_error"):  # within 1 % of the ends' value
+        assert abs(trained.mc[quantity]) < 0.01 * trained.curves[quantity][0], quantity
+    assert trained.training.steps == 10
     # two different networks: a curve between them measures something, and the ends are theirs
     other = tiny_pinn(1)
     pair = bezier_mode_connectivity(model, other, problem, steps=0)
