@@ -151,7 +151,8 @@ def spectral_features(state_dict: Mapping[str, torch.Tensor]) -> tuple[np.ndarra
     if not matrices:
         raise NotApplicableError("spectral metrics need weight matrices or convolutions; the "
                                  "model has no 2-D or 4-D weight tensor")
-    table = np.array([[layer_metrics(w)[m] for m in METRICS] for _, w in matrices])
+    table = np.array([[metrics[m] for m in METRICS]
+                      for metrics in (layer_metrics(w) for _, w in matrices)])
     with np.errstate(all="ignore"):
         means = [np.nanmean(column) if np.isfinite(column).any() else np.nan
                  for column in table.T]
