@@ -7,8 +7,9 @@ domain's rules label (:func:`~zoo_builder.annotating.phases.rules_for_frame`), p
 populations the thresholds are chosen on, as docs/phases.md §3 does for vision, in the order
 the rules use them:
 
-1. the train loss in the rules' unit, minus the floor the rules measure from;
-2. mode connectivity (the rules' ``mc_column``) in the same unit, of the small-loss models;
+1. the train loss in the rules' unit (ln C, or the fixed ``train_loss_unit``), minus the
+   floor the rules measure from;
+2. barrier heights -mc (the rules' ``mc_column``, in its own unit) of the small-loss models;
 3. CKA of the small-loss models without a barrier;
 
 each sorted, with the widest gap (:func:`~zoo_builder.annotating.phase_validation.widest_gap`)
@@ -29,7 +30,7 @@ from zoo_builder.annotating.phase_validation import widest_gap
 from zoo_builder.annotating.phases import (CKA_COLUMN, PhaseRules, label_phases, phase_counts,
                                            phase_rows, phase_table, rules_for_frame)
 from zoo_builder.reporting.plots import domain_axes
-from zoo_builder.reporting.summaries import load_summary
+from zoo_builder.reporting.summaries import load_summary, log_num_classes
 
 #: Search ranges of the widest gap, in the rules' units: (low, high, log scale).
 RANGES = {"train_loss_small": (0.005, 0.5, True), "mc_zero_band": (0.005, 0.5, True),
@@ -39,10 +40,11 @@ RANGES = {"train_loss_small": (0.005, 0.5, True), "mc_zero_band": (0.005, 0.5, T
 def populations(models: pd.DataFrame, rules: PhaseRules) -> dict[str, np.ndarray]:
     """The values each threshold splits (see the module docstring)."""
     table = phase_table(models, rules)
-    unit = rules.train_loss_unit or 1.0
+    unit = (log_num_classes(models) if rules.train_loss_unit is None
+            else rules.train_loss_unit)
     loss = pd.to_numeric(models["landscape_train_loss"], errors="coerce") / unit
     excess = loss - table["train_loss_floor"]
-    mc = pd.to_numeric(models[rules.mc_column], errors="coerce") / unit
+    mc = pd.to_numeric(models[rules.mc_column], errors="coerce")
     small = excess < rules.train_loss_small
     connected = small & (mc >= -rules.mc_zero_band)
     return {"train_loss_small": excess.to_numpy(float),

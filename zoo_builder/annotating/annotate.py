@@ -741,13 +741,14 @@ def label_zoo_phases(zoo: Zoo, epochs: Sequence[int] | None = None) -> None:
     from zoo_builder.annotating.phases import (DOMAIN_LABEL_KEY, RULES_V1, label_phases,
                                                zoo_label_rules)
     from zoo_builder.annotating.landscape.problems import workload_of
+    from zoo_builder.reporting.summaries import classes_of
 
     rows, where = [], []
     for model in zoo.models:
         for epoch in annotation_epochs(model, epochs):
             if epoch < len(model.results):
                 row = fmt.summary_rows(model.name, model.params, model.results)[epoch]
-                row["num_classes"] = model.model_args.get("o_dim")
+                row["num_classes"] = classes_of(model.params)
                 row["workload"] = workload_of(model.params)
                 rows.append(row)
                 where.append((model, epoch))
@@ -758,11 +759,12 @@ def label_zoo_phases(zoo: Zoo, epochs: Sequence[int] | None = None) -> None:
     frame = pd.DataFrame(rows)
     for workload, part in frame.groupby("workload"):
         plan = zoo_label_rules(workload)
-        labels = {key: label_phases(part, rules) for key, rules in plan.items()}
+        labels = {key: label_phases(part, rules) for key, rules in plan.items()
+                  if rules is not None}
         for position, index in enumerate(part.index):
             model, epoch = where[index]
-            values = {key: None if series.iloc[position] is None else str(series.iloc[position])
-                      for key, series in labels.items()}
+            values = {key: None if key not in labels or labels[key].iloc[position] is None
+                      else str(labels[key].iloc[position]) for key in plan}
             values["phase_rules_version"] = RULES_V1.version  # the rules of the ``phase`` key
             values[f"{DOMAIN_LABEL_KEY}_rules_version"] = plan[DOMAIN_LABEL_KEY].version
             _store(model, epoch, values)

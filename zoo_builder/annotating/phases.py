@@ -232,12 +232,13 @@ RULES_V2 = PhaseRules(
     epoch_metrics=(MC_COLUMN, CKA_COLUMN),
 )
 
-#: Language models (docs/phases.md, section 7): v2's form, with mode connectivity on the train
-#: loss (nats; the paper's GPT-2 protocol) and the train loss in nats above the sub-zoo's floor
-#: (a character-level corpus has an entropy far above zero, and ln(vocab) says nothing about it).
+#: Language models (docs/phases.md, section 7): v2's train-loss rule with C = the vocabulary
+#: (next-token prediction is a classification over it; the loss is measured from the
+#: sub-zoo's floor, since text has an entropy far above zero), mode connectivity on the train
+#: loss in nats (the paper's GPT-2 protocol) instead of the train error.
 RULES_LANGUAGE_V1 = PhaseRules(
     version="wslbench-phases-language-v1",
-    train_loss_small=0.10,
+    train_loss_small=0.017,
     mc_zero_band=0.05,
     mc_high_loss_split=None,
     cka_large=0.90,
@@ -248,7 +249,7 @@ RULES_LANGUAGE_V1 = PhaseRules(
     epoch_metrics=("curve_mc_train_loss", CKA_COLUMN),
     domain="language_modeling",
     mc_column="curve_mc_train_loss",
-    train_loss_unit=1.0,
+    train_loss_unit=None,
 )
 
 #: PINNs (docs/phases.md, section 7): the PINN training loss relative to 0.5, the loss of the
@@ -257,8 +258,8 @@ RULES_LANGUAGE_V1 = PhaseRules(
 #: is the temperature axis, so it does not split sub-zoos.
 RULES_PINN_V1 = PhaseRules(
     version="wslbench-phases-pinn-v1",
-    train_loss_small=0.02,
-    mc_zero_band=0.01,
+    train_loss_small=0.006,
+    mc_zero_band=0.005,
     mc_high_loss_split=None,
     cka_large=0.99,
     log_hessian_trace_large=None,
@@ -321,10 +322,12 @@ def rules_for_frame(frame: pd.DataFrame) -> PhaseRules:
     return rules_for_workload(workloads[0] if workloads else None)
 
 
-def zoo_label_rules(workload: str | None) -> dict[str, PhaseRules]:
+def zoo_label_rules(workload: str | None) -> dict[str, PhaseRules | None]:
     """What annotation stores for a zoo of ``workload``: result key -> rules (v1 and v2 under
-    their keys as released, the domain's current rules under :data:`DOMAIN_LABEL_KEY`)."""
-    return {"phase": RULES_V1, "phase_v2": RULES_V2,
+    their keys as released, the domain's current rules under :data:`DOMAIN_LABEL_KEY`). v1 and
+    v2 were chosen on image classifiers only: other domains get None under their keys."""
+    images = (workload or "image_classification") == "image_classification"
+    return {"phase": RULES_V1 if images else None, "phase_v2": RULES_V2 if images else None,
             DOMAIN_LABEL_KEY: rules_for_workload(workload)}
 
 

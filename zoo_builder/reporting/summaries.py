@@ -147,7 +147,7 @@ def _read_zoo_folder(root: Path) -> tuple[pd.DataFrame, str, int | None]:
 
     zoo = Zoo.open(root)  # raises ZooFormatError naming what is wrong with the folder
     frame = zoo.summary()
-    classes = {m.name: m.params.get("model::o_dim") for m in zoo.models}
+    classes = {m.name: classes_of(m.params) for m in zoo.models}
     known = {c for c in classes.values() if c is not None}
     if known:
         frame["num_classes"] = pd.to_numeric(frame["model"].map(classes))
@@ -156,6 +156,17 @@ def _read_zoo_folder(root: Path) -> tuple[pd.DataFrame, str, int | None]:
     frame["workload"] = frame["model"].map(workloads)
     add_perplexity(frame)
     return frame, zoo.name, None
+
+
+def classes_of(params: dict) -> int | None:
+    """The classes a model predicts over: ``model::o_dim`` of a classifier, the vocabulary
+    (``model::vocab_size``) of a language model (next-token prediction classifies over it);
+    None for a regression (PINNs)."""
+    if params.get("model::o_dim") is not None:
+        return int(params["model::o_dim"])
+    if params.get("training::workload") == "language_modeling":
+        return int(params["model::vocab_size"])
+    return None
 
 
 def add_perplexity(frame: pd.DataFrame) -> pd.DataFrame:
