@@ -79,7 +79,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     options = RunOptions(device=args.device, precision=args.precision,
                          channels_last=args.channels_last, compile=args.compile,
                          max_micro_batch=args.max_micro_batch, data_root=data_root,
-                         plugins=plugins)
+                         plugins=plugins, seed_batch=args.seed_batch)
     root = build_zoo(spec, args.out, workers=args.workers, options=options,
                       executor=make_executor(args))
     print(f"zoo {spec.name} (preset {spec.preset}) complete in {root}")
@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--max-micro-batch", type=int,
                        help="accumulate gradients over micro-batches of at most this size "
                             "(default: whole batches, halved on CUDA out-of-memory)")
+    build.add_argument("--seed-batch", action="store_true",
+                       help="train the seeds of each grid point together as one vmapped model "
+                            "(same weights up to float rounding; see docs/throughput.md)")
     build.add_argument("--executor", choices=["local", "ray"], default="local",
                        help="local: this machine's processes; ray: Ray Tune trials")
     build.add_argument("--workers", type=int, default=1,

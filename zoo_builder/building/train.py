@@ -55,7 +55,9 @@ class RunOptions:
     step. ``compile`` wraps the model in torch.compile. ``data_root`` is where the data sets
     lie (default $WSLBENCH_DATA or ~/.cache/wslbench/data). ``plugins`` are Python files or
     modules to import before training (they register the models, data and specs of new
-    domains, see docs/new_domain.md).
+    domains, see docs/new_domain.md). ``seed_batch`` trains the seeds of a grid point together
+    as one vmapped model (zoo_builder.building.batched; same weights up to float rounding);
+    off by default for now.
     """
 
     device: str = "cpu"
@@ -66,6 +68,7 @@ class RunOptions:
     data_root: str | None = None
     plugins: tuple[str, ...] = ()
     cpu_threads: int = 1
+    seed_batch: bool = False
 
     def __post_init__(self):
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -91,27 +94,35 @@ class RunOptions:
                 if key not in ("data_root", "plugins")}
 
 
-def build_optimizer(params: dict[str, Any], model: nn.Module, workload: Workload
+def build_optimizer(params: dict[str, Any], model: nn.Module, workload: Workload,
+                    tensors: dict[str, torch.Tensor] | None = None
                     ) -> tuple[torch.optim.Optimizer, Any]:
-    """The optimizer of ``optim::optimizer`` and its per-step scheduler (or None)."""
+    """The optimizer of ``optim::optimizer`` and its per-step scheduler (or None).
+
+    ``tensors`` (name -> tensor) are optimized in place of ``model``'s parameters of the same
+    names; seed-batched training passes the models' stacked weights (see
+    zoo_builder.building.batched). ``model`` still says which are matrices.
+    """
     kind = params.get("optim::optimizer", "sgd")
     lr, wd = float(params["optim::lr"]), float(params.get("optim::wd", 0.0))
+    named = dict(model.named_parameters())
+    tensors = named if tensors is None else tensors
     if kind == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr,
+        optimizer = torch.optim.SGD(list(tensors.values()), lr=lr,
                                     momentum=float(params.get("optim::momentum", 0.0)),
                                     weight_decay=wd)
     elif kind == "adamw":
         # Decay matrices and kernels only, not biases, norms and embeddings' 1-D companions
         # (nanoGPT's convention, also the usual one for ViTs).
-        decay = [p for p in model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        decay = [tensors[name] for name, p in named.items() if p.dim() >= 2]
+        no_decay = [tensors[name] for name, p in named.items() if p.dim() < 2]
         betas = tuple(params.get("optim::betas", (0.9, 0.999)))
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": wd},
                                        {"params": no_decay, "weight_decay": 0.0}],
                                       lr=lr, betas=betas)
     elif kind == "lbfgs":
         optimizer = torch.optim.LBFGS(
-            model.parameters(), lr=lr, max_iter=int(params.get("optim::max_iter", 20)),
+            list(tensors.values()), lr=lr, max_iter=int(params.get("optim::max_iter", 20)),
             history_size=int(params.get("optim::history_size", 50)),
             line_search_fn=params.get("optim::line_search", "strong_wolfe"),
             tolerance_grad=float(params.get("optim::tolerance_grad", 1e-9)),
