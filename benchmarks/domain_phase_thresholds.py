@@ -9,7 +9,8 @@ the rules use them:
 
 1. the train loss in the rules' unit (ln C, or the fixed ``train_loss_unit``), minus the
    floor the rules measure from;
-2. barrier heights -mc (the rules' ``mc_column``, in its own unit) of the small-loss models;
+2. barrier heights -mc (the rules' ``mc_column``, in its own unit) of the small-loss models,
+   and of all models (``mc_zero_band_all``: where few models have a small loss);
 3. CKA of the small-loss models without a barrier;
 
 each sorted, with the widest gap (:func:`~zoo_builder.annotating.phase_validation.widest_gap`)
@@ -34,6 +35,7 @@ from zoo_builder.reporting.summaries import load_summary, log_num_classes
 
 #: Search ranges of the widest gap, in the rules' units: (low, high, log scale).
 RANGES = {"train_loss_small": (0.005, 0.5, True), "mc_zero_band": (0.005, 0.5, True),
+          "mc_zero_band_all": (0.005, 0.5, True),
           "cka_large": (0.5, 0.999, False)}
 
 
@@ -49,6 +51,8 @@ def populations(models: pd.DataFrame, rules: PhaseRules) -> dict[str, np.ndarray
     connected = small & (mc >= -rules.mc_zero_band)
     return {"train_loss_small": excess.to_numpy(float),
             "mc_zero_band": (-mc[small & (mc < 0)]).to_numpy(float),
+            # every model's barrier height, for zoos with too few small-loss models
+            "mc_zero_band_all": (-mc[mc < 0]).to_numpy(float),
             "cka_large": pd.to_numeric(models.loc[connected, CKA_COLUMN],
                                        errors="coerce").to_numpy(float)}
 
@@ -82,7 +86,8 @@ def report(path: str) -> str:
         low, high, log = RANGES[name]
         finite = np.sort(values[np.isfinite(values)])
         gap = widest_gap(finite, low, high, log) if len(finite) > 1 else None
-        lines.append(f"{name} = {getattr(rules, name)}; widest gap in [{low}, {high}]: "
+        current = getattr(rules, name.replace("_all", ""))
+        lines.append(f"{name} = {current}; widest gap in [{low}, {high}]: "
                      f"{'none' if gap is None else f'{gap:.3g}'}; {len(finite)} values:")
         lines.append("  " + " ".join(f"{v:.3g}" for v in finite))
     counts = phase_counts(label_phases(models, rules))
