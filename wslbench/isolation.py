@@ -17,6 +17,7 @@ for it) and can use the network. Run code you do not trust in a container or a V
 
 from __future__ import annotations
 
+import codecs
 import collections
 import ctypes
 import json
@@ -194,7 +195,8 @@ class PredictorProcess:
         #: where the evaluation stages checkpoints (absolute: the parent moves meanwhile)
         self.stage_base = cache_dir().expanduser().resolve() / "stage"
         env = child_environment(self.zoo_roots)
-        sys_path = [os.path.abspath(p or os.curdir) for p in sys.path]
+        sys_path = [path for path in (os.path.abspath(p or os.curdir) for p in sys.path)
+                    if not any(_related(Path(path), root) for root in self.zoo_roots)]
         self._hidden.__enter__()
         try:
             self.process = subprocess.Popen(
@@ -215,8 +217,7 @@ class PredictorProcess:
         """The user's working directory, unless a zoo lies in it or it lies in a zoo: then
         an empty private folder."""
         here = Path.cwd().resolve()
-        if any(here == root or root in here.parents or here in root.parents
-               for root in self.zoo_roots):
+        if any(_related(here, root) for root in self.zoo_roots):
             return str(self._answer_dir)
         return str(here)
 
@@ -229,7 +230,7 @@ class PredictorProcess:
 
     def _forward_stderr(self) -> None:
         """Pass the child's stderr through (warnings, progress bars) and keep its last lines."""
-        decoder = __import__("codecs").getincrementaldecoder("utf-8")(errors="replace")
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         partial = ""
         stream = self.process.stderr
         while True:
@@ -326,6 +327,11 @@ class PredictorProcess:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _related(path: Path, root: Path) -> bool:
+    """Whether ``path`` is ``root``, lies in it or holds it (then it leads to the zoo)."""
+    return path == root or root in path.parents or path in root.parents
 
 
 def _torch_settings() -> dict[str, Any]:

@@ -21,6 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+
 class PredictionShapeError(ValueError):
     """predict() returned something that is not one value per model."""
 
@@ -112,7 +113,10 @@ def _step(where: str, function, *args):
     try:
         return function(*args)
     except BaseException as err:
-        err._stage_where = where
+        try:
+            err._stage_where = where
+        except AttributeError:  # an exception type without a __dict__
+            pass
         raise
 
 
