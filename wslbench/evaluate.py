@@ -177,17 +177,19 @@ def samples(items: Sequence[TaskItem], task: Task, zoo_revision: str = "",
                 f"model '{model.path}' has no checkpoint at epoch {item.epoch}, where task "
                 f"'{task.name}' takes its target (checkpoints at "
                 f"{list(model.checkpoint_epochs) or 'none'})")
-        name, folder = item.sample_id, model.path
+        name, folder, fingerprint = item.sample_id, model.path, None
         if stage is not None:
             name = stage.opaque_name(zoo_revision, item.sample_id)
             folder = stage.add(model.path, item.epoch, name)
+            fingerprint = stage.fingerprints.get(name)
         out.append(ModelSample(
             name=name, epoch=item.epoch,
             model_args=model.model_args if task.sees_architecture else None,
             hyperparameters=model.hyperparameters if task.sees_hyperparameters else None,
             _load=functools.partial(fmt.load_state_dict, folder, item.epoch),
             zoo_revision=zoo_revision,
-            fingerprint=fmt.file_fingerprint(fmt.checkpoint_file(folder, item.epoch)),
+            fingerprint=fingerprint or fmt.file_fingerprint(fmt.checkpoint_file(folder,
+                                                                                 item.epoch)),
         ))
     return out
 

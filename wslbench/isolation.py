@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import collections
 import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -117,6 +118,8 @@ class CheckpointStage:
         base.mkdir(parents=True, exist_ok=True)
         self.folder = Path(tempfile.mkdtemp(prefix="run-", dir=base))
         self.sources: dict[str, Path] = {}  # opaque name -> trial folder, for error messages
+        #: opaque name -> the staged file's fingerprint (:func:`wslbench.zoo_format.file_fingerprint`)
+        self.fingerprints: dict[str, str] = {}
 
     @staticmethod
     def opaque_name(zoo_revision: str, sample_id: str) -> str:
@@ -130,7 +133,7 @@ class CheckpointStage:
         target = fmt.checkpoint_dir(self.folder / name, epoch) / source.name
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            copy_file(source, target)
+            self.fingerprints[name] = copy_file(source, target)
             os.chmod(target, stat.S_IRUSR | stat.S_IRGRP)
         self.sources[name] = Path(trial_dir)
         return self.folder / name
@@ -160,9 +163,21 @@ class CheckpointStage:
 _FICLONE = 0x40049409  # linux/fs.h: clone a file's extents (btrfs, xfs, ...)
 
 
-def copy_file(source: Path, target: Path) -> None:
-    """A copy of ``source`` at ``target``: a copy-on-write clone where the file system can,
-    else the bytes."""
+def copy_file(source: Path, target: Path) -> str:
+    """A copy of ``source`` at ``target``; returns its fingerprint
+    (:func:`wslbench.zoo_format.file_fingerprint`). A file that the fingerprint hashes whole
+    is read once, for both; a larger one is cloned (copy-on-write) where the file system
+    can, else copied."""
+    if os.stat(source).st_size <= fmt.FULL_HASH_LIMIT:
+        data = Path(source).read_bytes()
+        with open(target, "wb") as handle:
+            handle.write(data)
+        return f"{len(data)}:sha256:{hashlib.sha256(data).hexdigest()}"
+    _clone_or_copy(source, target)
+    return fmt.file_fingerprint(target)
+
+
+def _clone_or_copy(source: Path, target: Path) -> None:
     if sys.platform.startswith("linux"):
         import fcntl
 
