@@ -67,6 +67,7 @@ def test_layouts_put_the_permuted_axes_first():
     assert "bn1.running_var" in layouts
 
 
+@pytest.mark.slow  # 60 ResNet-18s through 40 epochs: minutes on the 2-core machine
 def test_recovers_a_known_function_on_resnets_of_one_shape():
     models = random_zoo(60, shared_init=True)
     targets = targets_of(models, fc_abs_mean)
