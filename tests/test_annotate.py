@@ -80,11 +80,11 @@ def test_a_failing_grid_point_is_reported_and_the_rest_kept(tiny_zoo, tmp_path, 
     real = annotate.cka_annotation
     calls = []
 
-    def flaky(networks, data, settings):
+    def flaky(networks, model, data, job):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("out of memory")
-        return real(networks, data, settings)
+        return real(networks, model, data, job)
 
     monkeypatch.setattr(annotate, "cka_annotation", flaky)
     with pytest.raises(AnnotationError, match="1 of 6 grid points failed"):
