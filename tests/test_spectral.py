@@ -128,3 +128,17 @@ def test_spectral_free_ranks_weights_with_heavier_tails_higher():
     assert scores[1] > scores[0]
     assert math.isclose(layer_metrics(states[0]["fc.weight"])["log_spectral_norm"],
                         math.log10(4), abs_tol=1e-5)
+
+
+def test_issue_16_methods_are_registered_without_importing_them():
+    import subprocess
+    import sys
+
+    probe = ("import sys, wslbench.predictor as p; "
+             "assert all(n in p.PREDICTORS for n in ('probegen', 'nfn', 'spectral-mlp', "
+             "'spectral-free')); "
+             "print(sorted(m for m in sys.modules if m.startswith(('baselines', 'weightwatcher'))))")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
+    for name in ("probegen", "nfn", "spectral-mlp", "spectral-free"):
+        assert callable(load_predictor_class(name)().fit)
