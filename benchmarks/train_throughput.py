@@ -50,9 +50,18 @@ alternating, and each side keeps its fastest timed epoch (the least disturbed on
 ``timeit`` does); ``--stat mean`` uses the mean over all timed epochs instead. The header shows
 the load average at the start: well above the thread count means other jobs share the CPU.
 
-Each arch gets a table with both throughputs and their ratio (zoo trainer / reference) per
-configuration; a final summary gives, per arch, the geometric-mean ratio of the training steps
-and of whole epochs, and the geometric mean over every configuration against the 1.5x target.
+A third side, ``seed-batched``, trains ``--seeds`` models of the configuration's grid point
+together (:func:`zoo_builder.building.batched.train_seed_batch`, seeds 0..N-1, one vmapped
+model); its throughput counts the samples of all of them, so its ratio to the one-at-a-time zoo
+trainer is the ratio of models/s (the issue's target: >= 2x on the digits mini grid).
+``--seeds 0`` leaves it out.
+
+Each arch gets a table with the throughputs and ratios (zoo trainer / reference, seed-batched
+/ zoo trainer) per configuration; a final summary gives, per arch, the geometric-mean ratios of
+the training steps and of whole epochs, and the geometric mean over every configuration against
+the targets. ``--json FILE`` writes the measured throughputs and the model FLOP/s of the
+training steps per arch (FLOPs from zoo_builder.building.estimate), which ``zoo-builder
+estimate SPEC --measured FILE`` turns into device-hours.
 
 ``--device cuda`` runs both sides on the GPU: the zoo trainer with
 ``RunOptions(device="cuda")`` and its defaults (bf16 autocast, channels_last for convolutional
@@ -63,6 +72,7 @@ synchronize before reading the clock. The header says which.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -71,6 +81,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -84,12 +95,15 @@ from zoo_builder.data import ImageData, load_dataset
 from zoo_builder.data.images import as_float_images
 from zoo_builder.data.text import TokenData, load_shakespeare
 from zoo_builder.models import build_model
+from zoo_builder.building.batched import train_seed_batch
 from zoo_builder.building.catalog import SPECS
+from zoo_builder.building.estimate import TRAIN_FORWARD_MULTIPLE, model_forward_flops
 from zoo_builder.building.specs import ZooSpec
 from zoo_builder.building.train import RunOptions, build_optimizer, train_trial
 from zoo_builder.building.workloads import EVAL_BATCH_SIZE
 
 TARGET_RATIO = 1.5
+BATCHED_TARGET_RATIO = 2.0
 IMAGE_DATASETS = ("digits", "cifar10")
 #: The spec whose augmentation an arch without a spec of the data set uses there.
 DATASET_AUGMENT_SPEC = {"digits": "digits-resnet18"}
@@ -177,6 +191,19 @@ def zoo_trainer_epoch_seconds(params: dict[str, Any], data: Any, options: RunOpt
         train_trial(params, trial_dir, data=data, options=options)
         rows = read_results(trial_dir)
     return [(row["time_this_iter_s"], row["time_eval_s"]) for row in rows if row["epoch"] >= 2]
+
+
+def seed_batched_epoch_seconds(params: dict[str, Any], data: Any, options: RunOptions,
+                               seeds: int) -> list[tuple[float, float]]:
+    """(training, evaluation) seconds of epochs 2..N of ``seeds`` models of the grid point
+    (seeds params["seed"] + 0..seeds-1) trained together; evaluation summed over the models."""
+    group = [dict(params, seed=int(params["seed"]) + k) for k in range(seeds)]
+    with tempfile.TemporaryDirectory() as folder:
+        dirs = [Path(folder) / str(k) for k in range(seeds)]
+        train_seed_batch(list(zip(group, dirs)), data=data, options=options)
+        rows = [read_results(trial_dir) for trial_dir in dirs]
+    return [(first["time_this_iter_s"], sum(r[i]["time_eval_s"] for r in rows))
+            for i, first in enumerate(rows[0]) if first["epoch"] >= 2]
 
 
 # --------------------------------------------------------------------------- reference loop
@@ -336,25 +363,28 @@ REFERENCE_LOOPS = {"image": reference_image_seconds, "text": reference_text_seco
 
 
 def throughputs(arch: str, params: dict[str, Any], data: Any, options: RunOptions, repeats: int,
-                stat: str, progress: tqdm) -> dict[str, tuple[float, float]]:
-    """{"train": (zoo, reference), "epoch": (zoo, reference)} in samples or tokens per second,
-    the two sides' runs alternating."""
+                stat: str, seeds: int, progress: tqdm) -> dict[str, tuple[float, ...]]:
+    """{"train": (zoo, reference[, seed-batched]), "epoch": (...)} in samples or tokens per
+    second (seed-batched: of all its models together), the sides' runs alternating."""
     device = torch.device(options.device)
     reference = REFERENCE_LOOPS[ARCHS[arch].workload]
-    zoo_seconds: list[tuple[float, float]] = []
-    reference_seconds: list[tuple[float, float]] = []
+    sides: list[tuple[Any, int]] = [
+        (lambda: zoo_trainer_epoch_seconds(params, data, options), 1),
+        (lambda: reference(params, data, device), 1)]
+    if seeds:
+        sides.append((lambda: seed_batched_epoch_seconds(params, data, options, seeds), seeds))
+    seconds: list[list[tuple[float, float]]] = [[] for _ in sides]
     for _ in range(repeats):
-        zoo_seconds += zoo_trainer_epoch_seconds(params, data, options)
-        progress.update()
-        reference_seconds += reference(params, data, device)
-        progress.update()
+        for side, (run, _) in enumerate(sides):
+            seconds[side] += run()
+            progress.update()
     summary = min if stat == "best" else statistics.mean
     units = units_per_epoch(params, data)
     return {
-        "train": (units / summary(t for t, _ in zoo_seconds),
-                  units / summary(t for t, _ in reference_seconds)),
-        "epoch": (units / summary(t + e for t, e in zoo_seconds),
-                  units / summary(t + e for t, e in reference_seconds)),
+        "train": tuple(units * models / summary(t for t, _ in timed)
+                       for timed, (_, models) in zip(seconds, sides)),
+        "epoch": tuple(units * models / summary(t + e for t, e in timed)
+                       for timed, (_, models) in zip(seconds, sides)),
     }
 
 
@@ -375,22 +405,35 @@ def benchmark_arch(arch: str, data: Any, dataset: str, args: argparse.Namespace,
     else:
         unit, size = "samples/s", f"{len(data.train_x)} train images"
     print(f"\n{arch}: recipe of spec {spec.name}, on {data.name} ({size})")
-    print(f"{'':>11} {f'train steps only ({unit})':^34} {f'whole epoch with eval ({unit})':^34}")
+    batched = f"{args.seeds} seeds" if args.seeds else ""
+    cell = 34 + (22 if args.seeds else 0)
+    print(f"{'':>11} {f'train steps only ({unit})':^{cell}} "
+          f"{f'whole epoch with eval ({unit})':^{cell}}")
     print(f"{grid.width_label:>5} {'batch':>5} "
-          + f"{'zoo':>10} {'reference':>10} {'ratio':>9}   " * 2)
-    ratios: dict[str, list[float]] = {"train": [], "epoch": []}
-    runs = len(widths) * len(batch_sizes) * args.repeats * 2
+          + (f"{'zoo':>10} {'reference':>10} {'ratio':>9}"
+             + (f" {batched:>10} {'vs zoo':>9}" if args.seeds else "") + "   ") * 2)
+    ratios: dict[str, list[float]] = {"train": [], "epoch": [], "batched_train": [],
+                                      "batched_epoch": [], "zoo_train": []}
+    runs = len(widths) * len(batch_sizes) * args.repeats * (3 if args.seeds else 2)
     with tqdm(total=runs, desc=f"{arch} runs", leave=False, disable=None) as progress:
         for width in widths:
             for batch_size in batch_sizes:
                 params = trial_params(arch, dataset, data, width, batch_size, args.epochs,
                                       args.block_size)
                 measured = throughputs(arch, params, data, options, args.repeats, args.stat,
-                                       progress)
+                                       args.seeds, progress)
+                flops = TRAIN_FORWARD_MULTIPLE * model_forward_flops(params)
+                if ARCHS[arch].workload == "text":  # throughput in tokens: FLOPs per token
+                    flops /= int(params["model::block_size"])
+                ratios["zoo_train"].append(measured["train"][0] * flops)
                 cells = []
-                for kind, (zoo, reference) in measured.items():
+                for kind, (zoo, reference, *batched) in measured.items():
                     ratios[kind].append(zoo / reference)
-                    cells.append(f"{zoo:>10.0f} {reference:>10.0f} {zoo / reference:>8.2f}x")
+                    text = f"{zoo:>10.0f} {reference:>10.0f} {zoo / reference:>8.2f}x"
+                    if batched:
+                        ratios[f"batched_{kind}"].append(batched[0] / zoo)
+                        text += f" {batched[0]:>10.0f} {batched[0] / zoo:>8.2f}x"
+                    cells.append(text)
                 progress.write(f"{width:>5} {batch_size:>5} " + "   ".join(cells))
     return ratios
 
@@ -434,6 +477,11 @@ def parse_args() -> argparse.Namespace:
                         help="fastest timed epoch (default) or mean over timed epochs")
     parser.add_argument("--device", default="cpu",
                         help="cpu (default) or cuda[:N]; both sides run there")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="models trained together on the seed-batched side (0: leave it "
+                             "out; default 3, the zoos' seeds per grid point)")
+    parser.add_argument("--json", help="write the measured throughputs and model FLOP/s here "
+                                       "(for zoo-builder estimate --measured)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads for both loops (default: all cores)")
     args = parser.parse_args()
@@ -475,17 +523,39 @@ def main() -> None:
         data = text if ARCHS[arch].workload == "text" else images
         summary[arch] = benchmark_arch(arch, data, args.dataset, args, options)
 
-    print(f"\n{'geometric-mean ratio':<20} {'train steps only':>17} {'whole epoch':>12}")
+    kinds = ["train", "epoch"] + (["batched_train", "batched_epoch"] if args.seeds else [])
+    print(f"\n{'geometric-mean ratio':<20} {'zoo/reference: train steps':>27} {'whole epoch':>12}"
+          + (f" {'seed-batched/zoo: train steps':>31} {'whole epoch':>12}" if args.seeds else ""))
     for arch, ratios in summary.items():
-        print(f"{arch:<20} {geometric_mean(ratios['train']):>16.2f}x "
-              f"{geometric_mean(ratios['epoch']):>11.2f}x")
+        print(f"{arch:<20} " + " ".join(
+            f"{geometric_mean(ratios[kind]):>{27 if kind == 'train' else 31 if kind == 'batched_train' else 12}.2f}x"
+            for kind in kinds))
     overall = {kind: geometric_mean([r for ratios in summary.values() for r in ratios[kind]])
-               for kind in ("train", "epoch")}
+               for kind in kinds}
     count = sum(len(ratios["train"]) for ratios in summary.values())
-    print(f"{f'all ({count} configs)':<20} {overall['train']:>16.2f}x {overall['epoch']:>11.2f}x")
-    print(f"target {TARGET_RATIO}x: training steps "
+    print(f"{f'all ({count} configs)':<20} " + " ".join(
+        f"{overall[kind]:>{27 if kind == 'train' else 31 if kind == 'batched_train' else 12}.2f}x"
+        for kind in kinds))
+    print(f"target {TARGET_RATIO}x (zoo/reference): training steps "
           f"{'meet' if overall['train'] >= TARGET_RATIO else 'miss'} it, whole epochs "
           f"{'meet' if overall['epoch'] >= TARGET_RATIO else 'miss'} it")
+    if args.seeds:
+        print(f"target {BATCHED_TARGET_RATIO}x models/s (seed-batched/zoo): training steps "
+              f"{'meet' if overall['batched_train'] >= BATCHED_TARGET_RATIO else 'miss'} it, "
+              f"whole epochs "
+              f"{'meet' if overall['batched_epoch'] >= BATCHED_TARGET_RATIO else 'miss'} it")
+    if args.json:
+        record = {"device": args.device, "torch": torch.__version__, "threads": args.threads,
+                  "load_average": os.getloadavg()[0], "ratios": {
+                      arch: {kind: geometric_mean(ratios[kind]) for kind in kinds}
+                      for arch, ratios in summary.items()},
+                  "model_flops_per_s": {
+                      **{arch: geometric_mean(ratios["zoo_train"])
+                         for arch, ratios in summary.items()},
+                      "all": geometric_mean([rate for ratios in summary.values()
+                                             for rate in ratios["zoo_train"]])}}
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+        print(f"measurements written to {args.json}")
 
 
 if __name__ == "__main__":

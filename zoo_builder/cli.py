@@ -86,6 +86,28 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from zoo_builder.building.estimate import (DEFAULT_UTILIZATION, H100_BF16_FLOPS, PAPER_SPECS,
+                                               format_estimate, read_measured, zoo_cost)
+
+    names = [name for spec in args.spec
+             for name in (PAPER_SPECS if spec == "paper" else (spec,))]
+    costs = []
+    for name in names:
+        spec = SPECS.get(name)
+        preset = args.preset if args.preset in ("default", *spec.presets) else "default"
+        costs.append(zoo_cost(spec.with_preset(preset)))
+    if args.device_flops:
+        device_flops, device = args.device_flops, "--device-flops"
+    else:
+        device_flops = H100_BF16_FLOPS * DEFAULT_UTILIZATION
+        device = (f"an H100 at {DEFAULT_UTILIZATION:.0%} of its "
+                  f"{H100_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16 peak")
+    measured = read_measured(args.measured) if args.measured else None
+    print(format_estimate(costs, device_flops, device, measured))
+    return 0
+
+
 def cmd_annotate(args: argparse.Namespace) -> int:
     from zoo_builder.annotating.annotate import LANDSCAPE_GROUPS, AnnotationSettings, annotate_zoo
 
@@ -227,6 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--ray-storage", help="ray executor: where Ray Tune keeps its run records "
                                              "(default ~/ray_results)")
     build.set_defaults(run=cmd_build)
+
+    estimate = commands.add_parser(
+        "estimate", help="FLOPs and device-hours of training a zoo (from its architecture and "
+                         "schedule)")
+    estimate.add_argument("spec", nargs="+",
+                          help="spec names; 'paper' stands for the paper's 12 zoos")
+    estimate.add_argument("--preset", default="default",
+                          help="a preset of the specs (specs without it use their default)")
+    estimate.add_argument("--device-flops", type=float,
+                          help="FLOP/s the device sustains (default: an H100 at 40%% of its "
+                               "bf16 peak, 396e12)")
+    estimate.add_argument("--measured", help="JSON of measured model FLOP/s per model type "
+                                             "(benchmarks/train_throughput.py --json FILE)")
+    estimate.set_defaults(run=cmd_estimate)
 
     annotate = commands.add_parser(
         "annotate", help="add loss-landscape metrics and phase labels to every model of a zoo")
