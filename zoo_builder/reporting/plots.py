@@ -129,7 +129,8 @@ class DomainAxes:
 
 
 DOMAIN_AXES = {
-    "image_classification": DomainAxes("width", "batchsize", "width  (→ larger model, lower load)",
+    "image_classification": DomainAxes("width", "batchsize",
+                                       "width  (→ larger model, lower load)",
                                        "batchsize  (↑ smaller, higher temperature)", PANELS),
     "language_modeling": DomainAxes("width", "batchsize",
                                     "model dim  (→ larger model, lower load)",

@@ -8,24 +8,18 @@ one workload (``training::workload`` in params.json, as :mod:`zoo_builder.buildi
 and :data:`LANDSCAPE_PROBLEMS` registers one per workload; a new domain registers its own next
 to its training workload (docs/new_domain.md).
 
-=====================  ==============================  ============================  ==========================
-part                   image classification            language modelling            physics-informed (PINN)
-=====================  ==============================  ============================  ==========================
-Hessian loss           mean cross-entropy              mean next-token cross-entropy  the training loss itself:
-                                                                                      residual + initial +
-                                                                                      boundary MSE
-Hessian data (train)   seeded subset of the training   seeded token windows of the   the training points
-                       images                          train split
-Hessian data (val)     seeded subset of the test set   seeded windows of the val     the same loss on held-out
-                                                       split                         points (data_seed + 1)
-CKA representation     logits on held-out images       logits at the last position   u(x, t) at the training
-                                                       of seeded val windows         collocation points
-curve training         SGD on cross-entropy            SGD on next-token loss        Adam on the PINN loss
-curve point judged by  train/test error (%) and loss   train/test loss (nats) and    train loss, test MSE and
-                                                       next-token error (%)          test relative L2 error
-normalization          BatchNorm statistics            none: LayerNorm keeps no      none: the MLP has no
-                       recomputed at every point       running statistics            normalization
-=====================  ==============================  ============================  ==========================
+* the Hessian's loss and data: cross-entropy on a seeded image subset; next-token
+  cross-entropy on seeded token windows; the PINN's whole training loss (residual + initial +
+  boundary) on its training points, "val" on held-out points;
+* CKA's representation: logits on held-out images; logits at the last position of seeded val
+  windows; the solution u(x, t) at the collocation points;
+* curve training: SGD on cross-entropy; SGD on the next-token loss; Adam on the PINN loss;
+* a curve point is judged by: train/test error (%) and loss; train/test loss (nats) and
+  next-token error (%); the PINN loss, the test MSE and the test relative L2 error;
+* normalization at a curve point: BatchNorm statistics recomputed; nothing for GPT (LayerNorm
+  keeps no running statistics); nothing for the PINN (no normalization layers).
+
+docs/phases.md section 7 has the same as a table, with the reasons.
 
 Mode connectivity keys are ``curve_mc_<quantity>`` for each quantity a problem measures along
 the curve (:attr:`LandscapeProblem.curve_quantities`), with the sign convention of
