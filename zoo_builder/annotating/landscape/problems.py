@@ -6,7 +6,8 @@ the loss they are measured on, the inputs they are measured over, and what a poi
 connecting curve is judged by. A :class:`LandscapeProblem` supplies exactly those parts for
 one workload (``training::workload`` in params.json, as :mod:`zoo_builder.building.workloads`),
 and :data:`LANDSCAPE_PROBLEMS` registers one per workload; a new domain registers its own next
-to its training workload (docs/new_domain.md).
+to its training workload (docs/new_domain.md). The parts, for image classification; language
+modelling; PINNs:
 
 * the Hessian's loss and data: cross-entropy on a seeded image subset; next-token
   cross-entropy on seeded token windows; the PINN's whole training loss (residual + initial +
