@@ -147,12 +147,3 @@ def test_batched_builds_match_one_at_a_time_and_do_not_depend_on_workers(tmp_pat
             assert rows[-1][key] == pytest.approx(alone_rows[-1][key], rel=1e-3, abs=1e-3), key
 
 
-@pytest.mark.slow
-def test_tiny_build_final_metrics_match_one_at_a_time(tiny_zoo, tmp_path):
-    spec = SPECS.get("digits-resnet18").with_preset("tiny")
-    root = build_zoo(spec, tmp_path / "batched", options=RunOptions(seed_batch=True),
-                     progress=False)
-    for trial in fmt.find_trial_dirs(tiny_zoo):
-        rows, alone = fmt.read_results(root / trial.name), fmt.read_results(trial)
-        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
-            assert rows[-1][key] == pytest.approx(alone[-1][key], rel=1e-3, abs=1e-3), key
