@@ -145,5 +145,3 @@ def test_batched_builds_match_one_at_a_time_and_do_not_depend_on_workers(tmp_pat
         assert len(rows) == len(alone_rows) == 3
         for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
             assert rows[-1][key] == pytest.approx(alone_rows[-1][key], rel=1e-3, abs=1e-3), key
-
-
