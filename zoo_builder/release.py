@@ -2,11 +2,13 @@
 
 A release (see :mod:`wslbench.releases`) keeps what the benchmark reads and nothing else: per
 model params.json, result.json and ``model.safetensors`` at the kept checkpoint epochs, a
-trial_complete.json and manifest rewritten for those files, and the summary tables. The torch
+trial_complete.json and manifest rewritten for those files, and the summary table as
+summary.parquet (its CSV twin, 3 MB of text for the bench zoo, is left out so that the bench
+release fits in 120 MB; ``zoo-builder report`` and pandas read the parquet). The torch
 pickles, optimizer files and training logs stay behind. By default the kept epochs are those
 the tasks read (each model's final epoch and its annotated one) plus the latest earlier
 checkpoint epoch all models share, which the ``epochs`` split trains on: for the bench zoo
-(checkpoints at 0, 10 and 20 of 20 epochs) that is 10 and 20.
+(checkpoints at 0, 20 and 40 of 40 epochs) that is 20 and 40.
 
 The release is written into a staging folder beside ``out``, opened as a zoo and verified
 against its manifest, moved into place in one rename, and recorded in the registry. An
@@ -70,6 +72,7 @@ def make_release(source: str | os.PathLike, name: str, version: int,
         # recomputed from the copied files, as an annotation does after changing result.json.
         fmt.write_manifest(staging, dataclasses.replace(zoo.manifest, trials={}))
         refresh_zoo_tables(Zoo.open(staging))
+        (staging / fmt.SUMMARY_CSV).unlink(missing_ok=True)
         released = Zoo.open(staging)
         problems = released.verify()
         if problems:

@@ -265,7 +265,10 @@ SPECS.register("digits-resnet18", ZooSpec(
            "(phases v2: II 162, IV-A 30 of 192; batch 512 did not train in 40 steps), so the "
            "release trains 40 epochs without rotations: a pilot (widths 2 and 8, batch sizes "
            "16 and 128) reached train loss 0.004-0.019 at width 8 (test accuracy 0.97-0.996) "
-           "and 0.11-0.25 at width 2. Mode connectivity trains each seed pair's "
+           "and 0.11-0.25 at width 2. The release (v1, 2026-12-03) built in 44 minutes and "
+           "annotated in 98 (2 workers, loaded machine): train loss 0.004-2.0, test accuracy "
+           "0.22-0.99, phases v2 II 82 / IV-A 107 / IV-B 3, mc >= 0 everywhere, CKA up to "
+           "0.874. Mode connectivity trains each seed pair's "
            "curve for 560 optimizer steps (benchmarks/curve_budget.py: on a width-3 pair mc "
            "read -1.9 / +2.9 / +4.1 / +4.2 / +4.2 at 140 / 280 / 560 / 1,120 / 2,240 steps; "
            "the reference's 10 epochs are 70 steps here)."),
