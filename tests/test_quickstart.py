@@ -64,6 +64,13 @@ def nothing_built(monkeypatch):
     monkeypatch.setattr(annotate, "annotate_zoo", forbidden)
 
 
+def test_a_measured_release_is_announced_with_its_time(registry, monkeypatch):
+    (record,) = read_index(registry)
+    monkeypatch.setattr(quickstart, "MEASURED_MINUTES", {record.reference: 1.7})
+    assert "; this takes about 2 minutes on 2 CPU cores." in quickstart.announce_release(record)
+    assert "digits-resnet18-bench@v1" in quickstart.MEASURED_MINUTES  # the committed release
+
+
 def test_quickstart_evaluates_the_release(registry, nothing_built, monkeypatch, capsys):
     monkeypatch.setenv("WSLBENCH_RELEASES", str(registry))
     (record,) = read_index(registry)
@@ -75,6 +82,8 @@ def test_quickstart_evaluates_the_release(registry, nothing_built, monkeypatch, 
         return evaluate_tasks(zoo, **kwargs)
 
     monkeypatch.setattr(quickstart, "evaluate_tasks", spy)
+    # This tiny stand-in shares the real release's name; its time is not the real one's.
+    monkeypatch.setattr(quickstart, "MEASURED_MINUTES", {})
     assert main(["quickstart", "--seeds", "0"]) == 0
     out = capsys.readouterr().out
 
