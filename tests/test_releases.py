@@ -58,7 +58,7 @@ def test_release_keeps_only_what_the_benchmark_reads(released, annotated_zoo):
     folder = registry / record.path
     assert record.path == f"{NAME}/v1" and record.epochs == (1, 2)
     assert sorted(p.name for p in folder.iterdir() if p.is_file()) == sorted([
-        fmt.MANIFEST_FILE, fmt.SUMMARY_CSV, fmt.SUMMARY_PARQUET])
+        fmt.MANIFEST_FILE, fmt.SUMMARY_PARQUET])  # no CSV twin: the size budget
     for trial in (p for p in folder.iterdir() if p.is_dir()):
         files = sorted(str(p.relative_to(trial)) for p in trial.rglob("*") if p.is_file())
         assert files == sorted(["checkpoint_000001/model.safetensors",
