@@ -85,8 +85,11 @@ def git_state(path: Path) -> tuple[str | None, bool | None]:
                               text=True, timeout=5)
         if head.returncode != 0:
             return None, None
-        status = subprocess.run(["git", "status", "--porcelain", "--", path.name], cwd=folder,
-                                capture_output=True, text=True, timeout=5)
+        # --no-optional-locks: a status check must not take the index lock that a user's own
+        # git command in the same repository may need at that moment.
+        status = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--",
+                                 path.name], cwd=folder, capture_output=True, text=True,
+                                timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None, None
     return head.stdout.strip() or None, bool(status.stdout.strip())
