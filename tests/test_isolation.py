@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -395,7 +396,7 @@ def test_params_json_with_a_number_out_of_range_names_the_file(zoo_root, tmp_pat
 
     root = Path(shutil.copytree(zoo_root, tmp_path / "zoo"))
     params = sorted(root.glob("*/params.json"))[0]
-    params.write_text(params.read_text().replace('"width": 1', f'"width": {value}'))
+    params.write_text(re.sub(r'("(?:model::)?width": )1\b', rf"\g<1>{value}", params.read_text(), count=1))
     assert value in params.read_text()
     with pytest.raises(fmt.ZooFormatError, match=says) as caught:
         Zoo.open(root)
