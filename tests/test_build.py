@@ -76,6 +76,25 @@ def test_build_is_deterministic_per_seed(tiny_zoo, tmp_path):
             assert torch.equal(other.state_dict()[key], value), (model.name, key)
 
 
+def test_a_slice_of_loads_is_the_zoo_in_part_and_a_full_build_completes_it(tiny_zoo, tmp_path):
+    """``loads`` trains only those widths, under the whole zoo's folder names and seeds, so
+    its weights are the whole zoo's; the manifest's grid says what the slice holds; a build
+    without it into the same folder trains the rest."""
+    root = tmp_path / "slice"
+    sliced = Zoo.open(build_zoo(TINY, root, progress=False, loads=["2"]))
+    whole = {model.name: model for model in Zoo.open(tiny_zoo).models}
+    assert len(sliced) == 4 and {m.params["model::width"] for m in sliced.models} == {2}
+    assert sliced.manifest.grid["model::width"] == [2] and sliced.verify() == []
+    for model in sliced.models:
+        for key, value in model.state_dict().items():
+            assert torch.equal(whole[model.name].state_dict()[key], value), (model.name, key)
+    with pytest.raises(BuildError, match="width 3 is not in the grid.*1, 2, 4"):
+        build_zoo(TINY, tmp_path / "other", progress=False, loads=[3])
+    build_zoo(TINY, root, progress=False)
+    assert_complete_zoo(root)
+    assert Zoo.open(root).revision == Zoo.open(tiny_zoo).revision
+
+
 def test_rebuild_skips_finished_and_redoes_half_written(tiny_zoo, tmp_path):
     root = Path(shutil.copytree(tiny_zoo, tmp_path / "zoo"))
     zoo = Zoo.open(root)

@@ -327,6 +327,22 @@ def test_groups_settings_and_keys():
         "ensemble_rel_l2_test",)
 
 
+def test_annotation_takes_the_averaging_window_and_curve_budget_from_the_zoo_spec(tiny_zoo):
+    """A rebuild of a release is annotated as the release was with no flags: the bench
+    preset averages epochs 20 and 40 (window 21) and trains curves for the spec's 560 steps;
+    a preset without its own window keeps the default; given settings win."""
+    from zoo_builder.annotating.annotate import DEFAULT_AVERAGE_WINDOW, settings_for
+
+    release = Zoo.resolve("digits-resnet18-bench")
+    resolved = settings_for(release, AnnotationSettings())
+    assert (resolved.average_window, resolved.mc_steps) == (21, 560)
+    assert {20, 40} == {e for e in release.models[0].checkpoint_epochs if e > 40 - 21}
+    tiny = settings_for(Zoo.open(tiny_zoo), AnnotationSettings())
+    assert (tiny.average_window, tiny.mc_steps) == (DEFAULT_AVERAGE_WINDOW, 560)
+    given = settings_for(release, AnnotationSettings(average_window=3, mc_steps=70))
+    assert (given.average_window, given.mc_steps) == (3, 70)
+
+
 def test_cli_annotate_flags(tmp_path):
     from zoo_builder.cli import build_parser
 
@@ -337,4 +353,4 @@ def test_cli_annotate_flags(tmp_path):
     assert args.metrics == ["downstream"] and args.average_window == 10
     assert args.prune_sparsities == [0.5, 0.99] and args.wiseft_alphas == [0.0, 1.0]
     defaults = build_parser().parse_args(["annotate", str(tmp_path)])
-    assert defaults.prune_sparsities == [0.5, 0.8, 0.9, 0.95] and defaults.average_window == 5
+    assert defaults.prune_sparsities == [0.5, 0.8, 0.9, 0.95] and defaults.average_window is None

@@ -29,10 +29,6 @@ QUICKSTART_RELEASE, QUICKSTART_MODEL, QUICKSTART_SPLIT = (
 MEASURED_MINUTES: dict[str, float] = {"digits-resnet18-bench@v1": 1.7}  # 101 s, empty cache
 
 QUICKSTART_SPEC, REBUILD_PRESETS = "digits-resnet18", ("mini", "bench")
-#: Epoch averaging (``AnnotationSettings.average_window``) per rebuild preset, so that it
-#: averages the last two checkpoints: mini checkpoints at 5, 10, 15 and 20 (window 10:
-#: epochs 15 and 20), bench at 20 and 40 (window 21: both).
-REBUILD_AVERAGE_WINDOW = {"mini": 10, "bench": 21}
 #: What is known of each rebuild's cost, said before it starts (README, "Set up and run").
 REBUILD_COST = {
     "mini": "the mini preset measured 38.6 CPU-minutes from a fresh clone on the 2-core "
@@ -177,7 +173,7 @@ def rebuild_zoo(preset: str = "mini", cache: str | os.PathLike | None = None,
                 workers: int = 2) -> "Zoo":
     """Build (resuming) and annotate (skipping what is stored) the digits zoo of ``preset``."""
     from wslbench.zoo import Zoo
-    from zoo_builder.annotating.annotate import AnnotationSettings, annotate_zoo
+    from zoo_builder.annotating.annotate import annotate_zoo
     # --rebuild is the one place wslbench builds
     from zoo_builder.building.build import build_zoo
     from zoo_builder.building.catalog import SPECS
@@ -186,8 +182,8 @@ def rebuild_zoo(preset: str = "mini", cache: str | os.PathLike | None = None,
     spec = SPECS.get(QUICKSTART_SPEC).with_preset(preset)
     build_zoo(spec, zoo_dir, workers=workers)  # resumes; returns at once when finished
     # Landscape metrics and phases, then the downstream methods; both skip what is stored.
-    annotate_zoo(zoo_dir, groups=["landscape", "downstream"], workers=workers,
-                 settings=AnnotationSettings(average_window=REBUILD_AVERAGE_WINDOW[preset]))
+    # The curve budget and the averaging window come from the preset, as for a release.
+    annotate_zoo(zoo_dir, groups=["landscape", "downstream"], workers=workers)
     return Zoo.open(zoo_dir)
 
 

@@ -81,8 +81,9 @@ def cmd_build(args: argparse.Namespace) -> int:
                          max_micro_batch=args.max_micro_batch, data_root=data_root,
                          plugins=plugins, seed_batch=args.seed_batch)
     root = build_zoo(spec, args.out, workers=args.workers, options=options,
-                      executor=make_executor(args))
-    print(f"zoo {spec.name} (preset {spec.preset}) complete in {root}")
+                     executor=make_executor(args), loads=args.loads)
+    part = f", {spec.load.label} {' '.join(args.loads)} only," if args.loads else ""
+    print(f"zoo {spec.name} (preset {spec.preset}{part}) complete in {root}")
     return 0
 
 
@@ -221,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("spec", help="a spec name (see `zoo-builder ls`)")
     build.add_argument("--preset", default="default", help="a preset of the spec, e.g. tiny, mini")
     build.add_argument("--out", required=True, help="the zoo's root folder (created; resumed)")
+    build.add_argument("--loads", nargs="+", metavar="VALUE",
+                       help="build a slice: only the models of these load values (e.g. widths "
+                            "2 6), named and seeded as in the whole zoo, to compare with a "
+                            "release in part; a build without it completes the zoo")
     build.add_argument("--data-root", help="folder holding the data sets (default: "
                                             "$WSLBENCH_DATA, else ~/.cache/wslbench/data)")
     build.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -294,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "windows for language models)")
     annotate.add_argument("--average-window", type=int, default=defaults.average_window,
                           help="epoch_average: average the checkpoints of the last this many "
-                               "epochs (epoch > annotated epoch - window; needs two)")
+                               "epochs (epoch > annotated epoch - window; needs two; default: "
+                               "the zoo spec's, e.g. 21 for digits-resnet18 bench, else 5)")
     annotate.add_argument("--prune-sparsities", type=float, nargs="+",
                           default=list(defaults.prune_sparsities),
                           help="pruning: fractions of the conv/linear weights to zero")

@@ -126,6 +126,11 @@ DONE_KEYS = {
 }
 
 
+#: Epochs the weight-averaging method averages over where neither the settings nor the zoo's
+#: spec say (``AnnotationSettings.average_window``).
+DEFAULT_AVERAGE_WINDOW = 5
+
+
 @dataclass(frozen=True)
 class AnnotationSettings:
     """Budgets of the metrics. Mode connectivity follows the reference protocol (lr 0.1, batch
@@ -146,7 +151,9 @@ class AnnotationSettings:
     mc_augment: bool = False
     seed: int = 0
     # downstream methods
-    average_window: int = 5  # epochs: checkpoints with epoch > annotated - window are averaged
+    # epochs: checkpoints with epoch > annotated - window are averaged; None: the zoo spec's
+    # (preset's) ``average_window``, else DEFAULT_AVERAGE_WINDOW
+    average_window: int | None = None
     barrier_points: int = 5  # points on the linear path between two seeds (ends included)
     prune_sparsities: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
     prune_finetune_epochs: int = 0
@@ -160,7 +167,8 @@ class AnnotationSettings:
     def __post_init__(self):
         checks = [
             ("mc_steps", self.mc_steps is None or self.mc_steps >= 0, "None or at least 0"),
-            ("average_window", self.average_window >= 1, "at least 1 epoch"),
+            ("average_window", self.average_window is None or self.average_window >= 1,
+             "None or at least 1 epoch"),
             ("barrier_points", self.barrier_points >= 2, "at least 2 (both ends)"),
             ("prune_sparsities", all(0 <= s <= 1 for s in self.prune_sparsities),
              "fractions in [0, 1]"),
@@ -212,8 +220,7 @@ def annotate_zoo(root: str | Path, groups: Sequence[str] = LANDSCAPE_GROUPS,
     zoo = Zoo.open(root)
     zoo.check_integrity(results=False)  # result.json may differ: an annotation to resume
     check_downstream_zoo(zoo, groups)
-    if settings.mc_steps is None:
-        settings = dataclasses.replace(settings, mc_steps=curve_steps_for(zoo))
+    settings = settings_for(zoo, settings)
     jobs = [
         GridPointJob(name=f"grid point {index}", trial_dirs=tuple(m.path for m in models),
                      epochs=tuple(epochs) if epochs is not None else None,
@@ -235,17 +242,25 @@ def annotate_zoo(root: str | Path, groups: Sequence[str] = LANDSCAPE_GROUPS,
     return Zoo.open(root)
 
 
-def curve_steps_for(zoo: Zoo) -> int:
-    """The curve-training budget of a zoo: its spec's ``curve_steps`` where the spec sets one,
-    else the reference's step count."""
+def settings_for(zoo: Zoo, settings: AnnotationSettings) -> AnnotationSettings:
+    """``settings`` with what they leave open (None) taken from the zoo's spec and preset (as
+    its manifest names them): the curve budget ``curve_steps`` (else the reference's step
+    count) and the averaging window ``average_window`` (else DEFAULT_AVERAGE_WINDOW)."""
     from zoo_builder.annotating.landscape.mode_connectivity import REFERENCE_CURVE_STEPS
     from zoo_builder.building.catalog import SPECS
 
+    spec = None
     if zoo.manifest is not None and zoo.manifest.spec in SPECS:
-        steps = SPECS.get(zoo.manifest.spec).curve_steps
-        if steps is not None:
-            return steps
-    return REFERENCE_CURVE_STEPS
+        spec = SPECS.get(zoo.manifest.spec)
+        preset = zoo.manifest.preset or "default"
+        spec = spec.with_preset(preset) if preset in ("default", *spec.presets) else spec
+    if settings.mc_steps is None:
+        steps = spec.curve_steps if spec is not None else None
+        settings = dataclasses.replace(settings, mc_steps=steps or REFERENCE_CURVE_STEPS)
+    if settings.average_window is None:
+        window = spec.average_window if spec is not None else None
+        settings = dataclasses.replace(settings, average_window=window or DEFAULT_AVERAGE_WINDOW)
+    return settings
 
 
 def expand_groups(groups: Sequence[str]) -> list[str]:

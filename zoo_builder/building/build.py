@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import wslbench
 from wslbench import zoo_format as fmt
@@ -78,18 +78,25 @@ def zoo_id(spec: ZooSpec) -> str:
 
 def build_zoo(spec: ZooSpec, out: str | os.PathLike, workers: int = 1,
               options: RunOptions = RunOptions(), executor: Executor | None = None,
-              progress: bool = True) -> Path:
+              progress: bool = True, loads: Sequence[Any] | None = None) -> Path:
     """Train every model of ``spec`` into ``out`` (resuming what is there); return the root.
 
     ``executor`` runs the trials (default: a :class:`LocalExecutor` with ``workers``
     processes of ``options.cpu_threads`` threads each, so that the weights do not depend on
     ``workers``); ``options`` say how to run them (device, precision, data root, ...).
+    ``loads`` builds a slice: only the models of these load values, with the folder names,
+    seeds and weights they have in the whole zoo (to check a rebuild against a release in
+    part; a later build without ``loads`` into the same folder completes the zoo).
     """
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     with zoo_lock(out):
         plans = {plan.folder_name(zoo_id(spec)): plan for plan in spec.trials()}
         _check_same_zoo(out, spec, plans)
+        if loads is not None:
+            loads = check_load_values(spec, loads)
+            plans = {name: plan for name, plan in plans.items()
+                     if plan.params[spec.load.key] in loads}
         pending = [name for name in plans if fmt.read_trial_completion(out / name) is None]
         for name in pending:
             if (out / name).exists():
@@ -109,8 +116,27 @@ def build_zoo(spec: ZooSpec, out: str | os.PathLike, workers: int = 1,
                                 for name, error in failures.items())
             raise BuildError(f"{len(failures)} of {len(plans)} trials failed; finished trials "
                              f"are kept, run the build again to retry the rest:\n{listing}")
-        finalize_zoo(out, spec, list(plans))
+        finalize_zoo(out, spec, list(plans), loads)
     return out
+
+
+def check_load_values(spec: ZooSpec, values: Sequence[Any]) -> list[Any]:
+    """``values`` as the spec's load values (strings, as a command line gives them, match by
+    their text); an error names any value the grid does not have."""
+    by_text = {str(value): value for value in spec.load.values}
+    found, missing = [], []
+    for value in values:
+        if value in spec.load.values:
+            found.append(value)
+        elif str(value) in by_text:
+            found.append(by_text[str(value)])
+        else:
+            missing.append(str(value))
+    if missing or not found:
+        raise BuildError(f"{spec.load.label} {', '.join(missing) or '(none given)'} is not in "
+                         f"the grid of {spec.name} (preset {spec.preset}); its values: "
+                         f"{', '.join(map(str, spec.load.values))}")
+    return found
 
 
 def _check_same_zoo(out: Path, spec: ZooSpec, plans: dict[str, Any]) -> None:
@@ -127,10 +153,12 @@ def _check_same_zoo(out: Path, spec: ZooSpec, plans: dict[str, Any]) -> None:
                          "another --out")
 
 
-def finalize_zoo(out: Path, spec: ZooSpec, trial_names: list[str]) -> None:
+def finalize_zoo(out: Path, spec: ZooSpec, trial_names: list[str],
+                 loads: Sequence[Any] | None = None) -> None:
     """Write the summary table and the manifest (every file's hashes and the zoo's content
     revision, see :func:`wslbench.zoo_format.trial_record`) from the finished trials, after
-    removing the temporary files of writes that a kill interrupted (the build holds the lock)."""
+    removing the temporary files of writes that a kill interrupted (the build holds the lock).
+    A slice (``loads``) records only its load values in the manifest's grid."""
     fmt.remove_stale_temporaries(out)
     rows, trials = [], {}
     for name in trial_names:
@@ -139,7 +167,8 @@ def finalize_zoo(out: Path, spec: ZooSpec, trial_names: list[str]) -> None:
         trials[name] = fmt.trial_record(trial_dir)
     fmt.write_summary(out, fmt.summary_frame(rows))
     manifest = fmt.ZooManifest(
-        spec=spec.name, spec_version=spec.version, preset=spec.preset, grid=spec.grid,
+        spec=spec.name, spec_version=spec.version, preset=spec.preset,
+        grid={**spec.grid, **({spec.load.key: list(loads)} if loads is not None else {})},
         package_version=wslbench.__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     manifest.set_trials(trials)

@@ -250,10 +250,12 @@ SPECS.register("digits-resnet18", ZooSpec(
                        epochs=2, checkpoint_epochs=(1,)),
         "mini": Preset("the quickstart zoo: 5 widths x 5 batch sizes x 3 seeds (minutes)",
                        load_values=(1, 2, 4, 8, 16), temperature_values=(16, 32, 64, 256, 512),
-                       epochs=20, checkpoint_epochs=(5, 10, 15)),
+                       epochs=20, checkpoint_epochs=(5, 10, 15),
+                       average_window=10),  # epochs 15 and 20
         "bench": Preset(BENCH_DESCRIPTION, load_values=BENCH_WIDTHS,
                         temperature_values=BENCH_BATCH_SIZES, epochs=BENCH_EPOCHS,
                         checkpoint_epochs=(BENCH_EPOCHS // 2,),
+                        average_window=BENCH_EPOCHS // 2 + 1,  # epochs 20 and 40
                         overrides={"augment": {"rotation_degrees": 0.0}}),
     },
     notes=("`bench` is the released benchmark zoo (wslbench's `digits-resnet18-bench`): the "

@@ -44,6 +44,7 @@ class Preset:
     epochs: int | None = None
     checkpoint_epochs: tuple[int, ...] | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    average_window: int | None = None
 
 
 #: The sections of a spec that a preset's ``overrides`` may update.
@@ -59,7 +60,10 @@ class ZooSpec:
     ``notes`` say where a setting departs from, or fills a gap of, the paper.
     ``curve_steps`` is the Bezier curve-training budget of mode connectivity for this zoo, in
     optimizer steps (None: the reference's 3,900); set it only where the curve loss was shown
-    to converge within it.
+    to converge within it. ``average_window`` is the epoch window of the weight-averaging
+    downstream method (None: the annotation default, 5 epochs); set it where the checkpoint
+    schedule needs a wider one to hold two checkpoints. ``zoo-builder annotate`` takes both
+    from the spec, so that annotating a rebuild needs no flags to match a release.
     """
 
     name: str
@@ -79,6 +83,7 @@ class ZooSpec:
     presets: dict[str, Preset] = field(default_factory=dict)
     notes: str = ""
     curve_steps: int | None = None
+    average_window: int | None = None
     preset: str = "default"
 
     def with_preset(self, name: str) -> "ZooSpec":
@@ -106,6 +111,7 @@ class ZooSpec:
             seeds=preset.seeds or self.seeds,
             epochs=preset.epochs or self.epochs,
             checkpoint_epochs=preset.checkpoint_epochs or self.checkpoint_epochs,
+            average_window=preset.average_window or self.average_window,
             **sections,
         )
 
