@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from wslbench import leaderboard  # noqa: E402
-from wslbench.evaluate import EvaluationResult, evaluate
+from wslbench.evaluate import EvaluationResult, TaskDoesNotApplyError, evaluate
 from wslbench.intervals import format_score
 from wslbench.predictor import PREDICTORS, NotApplicableError, load_predictor_class
 from wslbench.paths import cache_dir
@@ -119,6 +119,8 @@ def run_one(baseline: str, task_name: str, zoo: Zoo, split_name: str, seeds: lis
                         predictor_name=baseline, test_zoo=test_zoo)
     except NotApplicableError as err:
         return f"not applicable: {str(err).split(';')[0]}"
+    except TaskDoesNotApplyError:
+        return f"does not apply: no model of the zoo records '{task.target_key}'"
     except ValueError as err:
         if "has no model with a" in str(err):
             return f"skipped: the zoo has no '{task_name}' targets"

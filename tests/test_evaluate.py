@@ -150,6 +150,16 @@ def test_cli_evaluates_a_module_path_and_reports_errors(tiny_zoo, capsys):
     assert "no zoo" in capsys.readouterr().err
 
 
+def test_a_task_whose_target_no_model_records_says_it_does_not_apply(tiny_zoo, capsys):
+    """A PINN's relative L2 error on an image zoo is not an annotation to add: the error
+    says the task does not apply, names the target and what to do."""
+    assert wslbench_main(["evaluate", "linear-probe", "--task", "test_rel_l2", "--zoo",
+                          str(tiny_zoo), "--seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "task 'test_rel_l2' does not apply to zoo 'digits-resnet18'" in err
+    assert "records test_rel_l2_error" in err and "wslbench ls tasks" in err
+
+
 def _console_script(name: str) -> str:
     """The installed entry point beside this interpreter (the venv's bin/), activated or not."""
     return str(Path(sys.executable).with_name(name))

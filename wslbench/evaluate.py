@@ -156,6 +156,24 @@ def task_items(task: Task, zoo: Zoo, split: Split, part: str,
     return items
 
 
+class TaskDoesNotApplyError(ValueError):
+    """No model of the zoo records the task's target at all (e.g. a PINN's relative L2 error
+    on an image zoo), as opposed to a target that annotation has not yet added."""
+
+
+def check_task_applies(task: Task, zoo: Zoo) -> None:
+    """Raise :class:`TaskDoesNotApplyError` where no model of ``zoo`` records the task's
+    target in any row of its result.json."""
+    keys = {task.target_key} | ({task.subtract_key} if task.subtract_key else set())
+    if any(keys <= row.keys() for model in zoo.models for row in model.results):
+        return
+    raise TaskDoesNotApplyError(
+        f"task '{task.name}' does not apply to zoo '{zoo.name}': none of its {len(zoo)} models "
+        f"records {' and '.join(sorted(keys))} ({task.description}). Choose another task "
+        "(`wslbench ls tasks` lists them), or annotate the zoo where the target is a landscape or "
+        "downstream metric (`zoo-builder annotate ZOO`)")
+
+
 def split_targets(task: Task, zoo: Zoo, split: Split, part: str = "test",
                   test_zoo: Zoo | None = None) -> dict[str, float | str]:
     """The true targets of a split part, keyed by sample id (what result predictions use)."""
@@ -210,6 +228,7 @@ def evaluate(predictor: type | str, task: Task, zoo: Zoo, split: Split,
     with running(predictor, [z.root for z in zoos], device) as process:
         for source in zoos:  # checkpoints, params and results as the manifest records them
             source.check_integrity()
+            check_task_applies(task, source)
         items: dict[str, list[TaskItem]] = {}
         for part in PARTS:
             items[part] = task_items(task, zoo, split, part, test_zoo)
