@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -384,6 +385,37 @@ def test_a_local_class_is_refused_with_how_to_fix_it(zoo_root):
     split = make_split(zoo, SPLITS.get("iid"))
     with pytest.raises(ValueError, match="defined inside a function.*top level"):
         evaluate(Local, TASKS.get("test_acc"), zoo, split)
+
+
+def test_stage_folders_of_killed_runs_are_removed_by_the_next_run(tmp_path):
+    """A run killed before it cleaned up leaves its stage; the next stage removes it, but
+    never the stage of a run still open (it holds the lock), nor a fresh folder."""
+    import subprocess as sp
+
+    from wslbench.isolation import CheckpointStage
+
+    base = tmp_path / "stage"
+    code = ("import sys, time; from pathlib import Path; from wslbench.isolation import "
+            "CheckpointStage; s = CheckpointStage(Path(sys.argv[1])); print(s.folder, "
+            "flush=True); time.sleep(60)")
+    killed = sp.Popen([sys.executable, "-c", code, str(base)], stdout=sp.PIPE, text=True)
+    killed_folder = Path(killed.stdout.readline().strip())
+    killed.kill()
+    killed.wait()
+    pre_lock_era = base / "run-old"  # no lock file: removed once over an hour old
+    pre_lock_era.mkdir()
+    fresh = base / "run-fresh"
+    fresh.mkdir()
+    hour_ago = time.time() - 3700
+    for folder in (killed_folder, pre_lock_era):
+        os.utime(folder, (hour_ago, hour_ago))
+    with CheckpointStage(base) as open_stage:
+        os.utime(open_stage.folder, (hour_ago, hour_ago))
+        with CheckpointStage(base) as stage:
+            assert not killed_folder.exists() and not pre_lock_era.exists()
+            assert fresh.exists() and open_stage.folder.exists() and stage.folder.exists()
+        assert not stage.folder.exists()
+    assert sorted(p.name for p in base.iterdir()) == ["run-fresh"]
 
 
 # --------------------------------------------------------------------------- bad zoos, named

@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import collections
 import ctypes
+import fcntl
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -110,13 +112,20 @@ class CheckpointStage:
     path) nor their name leads to a model's trial folder: not to its result.json (the
     targets) nor to its trial name (the hyperparameters). Files are copies (a copy-on-write
     clone where the file system offers one), never hard links, so writing into them cannot
-    reach the zoo; the folder is removed when the stage closes.
+    reach the zoo; the folder is removed when the stage closes. A stage holds a lock on its
+    folder while it is open, so the folders of runs that were killed (no lock holder) are
+    removed when the next stage opens.
     """
+
+    LOCK = ".owner.lock"
 
     def __init__(self, base: Path | None = None):
         base = Path(base) if base is not None else cache_dir() / "stage"
         base.mkdir(parents=True, exist_ok=True)
         self.folder = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+        self._lock = open(self.folder / self.LOCK, "w")
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        remove_abandoned_stages(base, keep=self.folder)
         self.sources: dict[str, Path] = {}  # opaque name -> trial folder, for error messages
         #: opaque name -> the staged file's fingerprint (:func:`wslbench.zoo_format.file_fingerprint`)
         self.fingerprints: dict[str, str] = {}
@@ -149,15 +158,47 @@ class CheckpointStage:
         return text
 
     def close(self) -> None:
-        for folder, dirs, files in os.walk(self.folder):  # read-only files may be in
-            os.chmod(folder, stat.S_IRWXU)                 # folders made read-only too
-        shutil.rmtree(self.folder, ignore_errors=True)
+        _remove_stage_folder(self.folder)
+        self._lock.close()
 
     def __enter__(self) -> "CheckpointStage":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _remove_stage_folder(folder: Path) -> None:
+    for path, dirs, files in os.walk(folder):  # read-only files may be in folders
+        os.chmod(path, stat.S_IRWXU)             # made read-only too
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_abandoned_stages(base: Path, keep: Path | None = None) -> list[Path]:
+    """Remove the stage folders under ``base`` whose run is gone: a folder whose lock no
+    process holds (its run was killed before it could clean up), or that has no lock and is
+    over an hour old (left by a version before the locks). Folders younger than a minute are
+    left alone (a stage takes its lock just after making its folder). Return what was
+    removed."""
+    removed = []
+    for folder in base.glob("run-*"):
+        if folder == keep or not folder.is_dir() or time.time() - folder.stat().st_mtime < 60:
+            continue
+        lock_path = folder / CheckpointStage.LOCK
+        if lock_path.exists():
+            try:
+                with open(lock_path) as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: a run in progress
+                continue
+        elif time.time() - folder.stat().st_mtime < 3600:
+            continue  # maybe a stage between mkdtemp and its lock
+        _remove_stage_folder(folder)
+        removed.append(folder)
+    if removed:
+        log.info("removed %d stage folder(s) of runs that were killed, under %s",
+                 len(removed), base)
+    return removed
 
 
 _FICLONE = 0x40049409  # linux/fs.h: clone a file's extents (btrfs, xfs, ...)
