@@ -160,6 +160,21 @@ def test_a_task_whose_target_no_model_records_says_it_does_not_apply(tiny_zoo, c
     assert "records test_rel_l2_error" in err and "wslbench ls tasks" in err
 
 
+def test_a_predictor_that_does_not_apply_says_so_across_the_process_boundary(tiny_zoo):
+    """flat-mlp raises NotApplicableError in its own process on a zoo of mixed widths; the
+    caller gets it as NotApplicableError (what benchmarks/baselines.py reports as 'not
+    applicable'), named in the zoo's terms, not as a failure of the predictor's code."""
+    from wslbench.isolation import PredictorError
+    from wslbench.predictor import NotApplicableError
+
+    zoo = Zoo.open(tiny_zoo)
+    split, _ = resolve_split(zoo, "iid")
+    with pytest.raises(NotApplicableError, match="does not apply: flat-mlp needs models of "
+                                                 "one shape.*trial 'NN_tune_trainable") as err:
+        evaluate("flat-mlp", TASKS.get("test_acc"), zoo, split, seeds=[0])
+    assert isinstance(err.value, PredictorError) and "stage" not in str(err.value)
+
+
 def _console_script(name: str) -> str:
     """The installed entry point beside this interpreter (the venv's bin/), activated or not."""
     return str(Path(sys.executable).with_name(name))

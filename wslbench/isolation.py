@@ -42,6 +42,7 @@ import numpy as np
 
 from wslbench import zoo_format as fmt
 from wslbench.paths import cache_dir
+from wslbench.predictor import NotApplicableError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,11 @@ class PredictorError(RuntimeError):
     def __init__(self, message: str, traceback_text: str | None = None):
         super().__init__(message)
         self.traceback_text = traceback_text
+
+
+class PredictorNotApplicableError(PredictorError, NotApplicableError):
+    """The predictor said, in its own process, that it cannot handle this zoo or task
+    (:class:`wslbench.predictor.NotApplicableError`): not a failure of its code."""
 
 
 class PredictorProcessError(PredictorError):
@@ -323,6 +329,10 @@ class PredictorProcess:
         if not answer["ok"]:
             error = answer["error"]
             details = stage.in_zoo_terms(error["traceback"])
+            if (error["module"], error["type"]) == ("wslbench.predictor", "NotApplicableError"):
+                raise PredictorNotApplicableError(
+                    f"predictor {self.label} does not apply: "
+                    f"{stage.in_zoo_terms(error['message'])}", details)
             raise PredictorError(stage.in_zoo_terms(self._describe(error)),
                                  details) from ChildTraceback(details)
         return answer
