@@ -93,6 +93,25 @@ def test_reproduce_a_baseline_entry(setting, capsys):
     assert "predictions reproduced by linear-probe" in out
 
 
+def test_an_entry_made_on_another_machine_is_checked_against_the_module_here(
+        setting, tmp_path, capsys):
+    """The recorded file path does not exist here (another checkout); reproduce finds the
+    class's module in this installation and says when its code differs from the recorded."""
+    import shutil
+
+    root = Path(shutil.copytree(setting["root"], tmp_path / "leaderboards"))
+    path = entry_of(root, "linear-probe")
+    entry = json.loads(path.read_text())
+    identity = entry["tasks"]["test_acc"]["predictor"]
+    identity["file"] = "/elsewhere/baselines/linear_probe.py"
+    identity["sha256"] = "0" * 64
+    path.write_text(json.dumps(entry))
+    assert cli(["leaderboard", "reproduce", str(path), "--zoo", str(setting["zoo"].root),
+                "--leaderboard", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"'{REPO / 'baselines' / 'linear_probe.py'}' has changed since the entry was made" in out
+
+
 def test_an_entry_of_copied_reference_targets_validates_but_does_not_reproduce(
         setting, tmp_path, capsys):
     """Predictions replaced by the true test targets, scores recomputed: validation cannot

@@ -82,7 +82,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                          plugins=plugins, seed_batch=args.seed_batch)
     root = build_zoo(spec, args.out, workers=args.workers, options=options,
                      executor=make_executor(args), loads=args.loads)
-    part = f", {spec.load.label} {' '.join(args.loads)} only," if args.loads else ""
+    part = f", {spec.load.label} {' '.join(args.loads)} only" if args.loads else ""
     print(f"zoo {spec.name} (preset {spec.preset}{part}) complete in {root}")
     return 0
 

@@ -113,6 +113,8 @@ def _predictor_of(task: TaskResult, entry: Entry, scratch: Path) -> tuple[str, l
             f"ran {entry.method.predictor} as it is now"]
     notes = []
     file = Path(identity["file"]) if identity.get("file") else None
+    if (file is None or not file.is_file()) and identity.get("given_as") != "file":
+        file = _module_file(identity.get("class") or "") or file  # made on another machine
     current = (hashlib.sha256(file.read_bytes()).hexdigest()
                if file is not None and file.is_file() else None)
     if identity.get("source") is not None and current != identity.get("sha256"):
@@ -129,6 +131,18 @@ def _predictor_of(task: TaskResult, entry: Entry, scratch: Path) -> tuple[str, l
     if identity.get("given_as") == "file":
         given = str(file) + (f":{identity['class'].rpartition(':')[2]}" if file else "")
     return given, notes
+
+
+def _module_file(class_reference: str) -> Path | None:
+    """The file that defines ``module:Class`` here (without importing it), or None."""
+    import importlib.util
+
+    module = class_reference.partition(":")[0]
+    try:
+        spec = importlib.util.find_spec(module) if module else None
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin) if spec is not None and spec.origin else None
 
 
 def compare(task: str, predictor: str, stored: Mapping[str, Mapping[str, Any]],
