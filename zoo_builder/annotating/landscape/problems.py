@@ -112,13 +112,19 @@ class LandscapeProblem(ABC):
     def test_performance(self, model: nn.Module) -> dict[str, float]:
         """The :attr:`test_metrics` of ``model`` (weights made, not trained: averaged or
         pruned; evaluated as they are)."""
-        raise NotImplementedError(f"{type(self).__name__} has no downstream evaluation")
+        raise NotImplementedError(
+            f"{type(self).__name__} has no downstream evaluation: implement its "
+            "test_performance() to run epoch_average and pruning on this workload, or leave "
+            "them out of --metrics")
 
     def ensemble_performance(self, models: list[nn.Module]) -> dict[str, float]:
         """The :attr:`test_metrics` of the members' averaged outputs (``ensemble_<m>``), the
         members' mean (``ensemble_member_<m>``) and ``ensemble_gain`` on the first metric
         (positive: the ensemble is better)."""
-        raise NotImplementedError(f"{type(self).__name__} has no ensemble evaluation")
+        raise NotImplementedError(
+            f"{type(self).__name__} has no ensemble evaluation: implement its "
+            "ensemble_performance() to run ensemble on this workload, or leave it out of "
+            "--metrics")
 
     def _ensemble_values(self, ensemble: dict[str, float], members: list[dict[str, float]]
                          ) -> dict[str, float]:
