@@ -48,8 +48,6 @@ there results may differ in the last bits between runs.
 from __future__ import annotations
 
 import functools
-import contextlib
-import copy
 import logging
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
@@ -60,9 +58,10 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from baselines.targets import is_classification
+from baselines.targets import StandardizedTargets
 from baselines.param_graph import (EDGE_TYPES, EDGE_VALUE_FEATURES, NODE_VALUE_FEATURES,
                                    parameter_graph)
+from baselines.training import torch_threads, train_early_stopping
 from wslbench.predictor import ModelSample, NotApplicableError, Predictor
 
 log = logging.getLogger(__name__)
@@ -363,9 +362,7 @@ class GMN(Predictor):
         self.config = config
         self.device = torch.device(device)
         self.network: GraphMetanetwork | None = None
-        self.classes: np.ndarray | None = None
-        self.constant: str | None = None
-        self.target_mean, self.target_std = 0.0, 1.0
+        self.targets: StandardizedTargets | None = None
 
     def graphs(self, models: Sequence[ModelSample], what: str = "graphs") -> list[CompactGraph]:
         """Each model's compact parameter graph, built once."""
@@ -376,18 +373,6 @@ class GMN(Predictor):
         return [compact(parameter_graph(m.model_args, m.state_dict()))
                 for m in tqdm(models, desc=f"{self.name}: {what}", leave=False, disable=None)]
 
-    def _encode(self, targets: np.ndarray) -> torch.Tensor:
-        if self.classes is not None:
-            lookup = {label: i for i, label in enumerate(self.classes)}
-            return torch.tensor([lookup.get(str(t), -1) for t in targets])
-        values = np.asarray(targets, dtype=np.float64)
-        return torch.tensor((values - self.target_mean) / self.target_std, dtype=torch.float32)
-
-    def _loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.classes is not None:
-            return F.cross_entropy(output, targets)
-        return F.mse_loss(output[:, 0], targets)
-
     def _forward(self, graphs: Sequence[CompactGraph], order: Sequence[int]) -> torch.Tensor:
         outputs = []
         sizes = [g.num_edges for g in graphs]
@@ -395,52 +380,27 @@ class GMN(Predictor):
             outputs.append(self.network(collate([graphs[i] for i in group], self.device)))
         return torch.cat(outputs)
 
-    @torch.no_grad()
-    def _validation_loss(self, graphs: Sequence[CompactGraph], targets: torch.Tensor) -> float:
-        keep = [i for i in range(len(graphs)) if self.classes is None or targets[i] >= 0]
-        if not keep:
-            return float("nan")
-        self.network.eval()
-        output = self._forward(graphs, keep)
-        return float(self._loss(output, targets[keep].to(self.device)))
-
-    @contextlib.contextmanager
-    def _threads(self):
-        previous = torch.get_num_threads()
-        if self.config.num_threads is not None:
-            torch.set_num_threads(self.config.num_threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous)
-
     def fit(self, train: Sequence[ModelSample], train_targets: np.ndarray,
             val: Sequence[ModelSample], val_targets: np.ndarray) -> None:
-        with self._threads():
+        with torch_threads(self.config.num_threads):
             self._fit(train, train_targets, val, val_targets)
 
     def _fit(self, train: Sequence[ModelSample], train_targets: np.ndarray,
              val: Sequence[ModelSample], val_targets: np.ndarray) -> None:
         config = self.config
-        if is_classification(train_targets):
-            self.classes = np.unique(np.asarray(train_targets, dtype=str))
-            if len(self.classes) < 2:  # one class seen: nothing to separate
-                self.constant, self.network = str(self.classes[0]), None
-                return
-        else:
-            self.classes = None
-            values = np.asarray(train_targets, dtype=np.float64)
-            self.target_mean = float(values.mean())
-            self.target_std = float(values.std()) if values.std() > 0 else 1.0
-        self.constant = None
+        self.targets = targets = StandardizedTargets(train_targets)
+        if targets.constant is not None:
+            self.network = None
+            return
         train_graphs = self.graphs(train, "train graphs")
         val_graphs = self.graphs(val, "val graphs") if len(val) else []
-        y_train, y_val = self._encode(train_targets), self._encode(val_targets)
+        y_train, y_val = targets.encode(train_targets), targets.encode(val_targets)
+        # validation models whose label never occurs in training are not run
+        known_val = [i for i in range(len(val_graphs)) if targets.classes is None or y_val[i] >= 0]
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            out_dim = 1 if self.classes is None else len(self.classes)
-            self.network = GraphMetanetwork(train_graphs[0].x.shape[1], out_dim,
+            self.network = GraphMetanetwork(train_graphs[0].x.shape[1], targets.out_dim,
                                             hidden=config.hidden, edge_hidden=config.edge_hidden,
                                             layers=config.layers)
         self.network.set_standardization(train_graphs)
@@ -449,49 +409,37 @@ class GMN(Predictor):
                                      weight_decay=config.weight_decay)
         generator = torch.Generator().manual_seed(self.seed)
         sizes = [g.num_edges for g in train_graphs]
-        best = (float("inf"), copy.deepcopy(self.network.state_dict()), 0)
-        stale = 0
-        epochs = tqdm(range(config.max_epochs), desc=f"{self.name}: epochs", leave=False,
-                      disable=None)
-        for epoch in epochs:
-            self.network.train()
+
+        def epoch_batches() -> list[list[int]]:
             order = torch.randperm(len(train_graphs), generator=generator).tolist()
-            train_loss = 0.0
-            for group in batches(sizes, order, config.batch_size, config.max_batch_edges):
-                chosen = [train_graphs[i] for i in group]
-                if config.augment:
-                    chosen = [relabel(g, generator) for g in chosen]
-                output = self.network(collate(chosen, self.device))
-                loss = self._loss(output, y_train[group].to(self.device))
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                train_loss += loss.item() * len(group)
-            train_loss /= len(train_graphs)
-            val_loss = self._validation_loss(val_graphs, y_val) if val_graphs else float("nan")
-            monitored = train_loss if np.isnan(val_loss) else val_loss  # no val: training loss
-            log.debug("gmn epoch %d: train loss %.4f, val loss %.4f", epoch, train_loss, val_loss)
-            epochs.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
-            if monitored < best[0]:
-                best, stale = (monitored, copy.deepcopy(self.network.state_dict()), epoch), 0
-            else:
-                stale += 1
-                if stale >= config.patience:
-                    break
-        self.network.load_state_dict(best[1])
-        self.network.eval()
-        log.info("gmn: best epoch %d of %d, monitored loss %.4f", best[2], epoch + 1, best[0])
+            return batches(sizes, order, config.batch_size, config.max_batch_edges)
+
+        def batch_loss(group: list[int]) -> torch.Tensor:
+            chosen = [train_graphs[i] for i in group]
+            if config.augment:
+                chosen = [relabel(g, generator) for g in chosen]
+            output = self.network(collate(chosen, self.device))
+            return targets.loss(output, y_train[group].to(self.device))
+
+        def validation_loss() -> torch.Tensor:
+            output = self._forward(val_graphs, known_val)
+            return targets.loss(output, y_val[known_val].to(self.device))
+
+        stopped = train_early_stopping(self.network, optimizer, epoch_batches, batch_loss,
+                                       validation_loss if known_val else None,
+                                       config.max_epochs, config.patience,
+                                       progress=f"{self.name}: epochs")
+        log.info("gmn: best epoch %d of %d, monitored loss %.4f", stopped.epoch, stopped.epochs,
+                 stopped.loss)
 
     @torch.no_grad()
     def predict(self, models: Sequence[ModelSample]) -> np.ndarray:
-        if self.constant is not None:
-            return np.full(len(models), self.constant)
+        if self.targets is not None and self.targets.constant is not None:
+            return np.full(len(models), self.targets.constant, dtype=object)
         if self.network is None:
             raise RuntimeError("GMN.predict() called before fit()")
         self.network.eval()
-        with self._threads():
+        with torch_threads(self.config.num_threads):
             graphs = self.graphs(models, "graphs")
             output = self._forward(graphs, range(len(graphs))).cpu()
-        if self.classes is not None:
-            return self.classes[output.argmax(1).numpy()]
-        return output[:, 0].double().numpy() * self.target_std + self.target_mean
+        return self.targets.decode(output)

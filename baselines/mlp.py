@@ -10,8 +10,6 @@ and predict with the configuration of the lowest validation loss. Everything is 
 from __future__ import annotations
 
 import abc
-import contextlib
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -21,6 +19,7 @@ import torch
 from torch import nn
 
 from baselines.targets import encode_labels, is_classification
+from baselines.training import torch_threads, train_early_stopping
 from baselines.weight_stats import TrainingRange
 from wslbench.predictor import ModelSample, Predictor
 
@@ -73,18 +72,6 @@ class Standardizer:
         return (self.range.transform(x) - self.mean) / self.std
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Run torch on one CPU thread: for MLPs this small, more threads cost more than they
-    save (much more on a busy machine), and results no longer depend on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def build_mlp(n_inputs: int, n_outputs: int, config: MLPConfig) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = n_inputs
@@ -122,27 +109,16 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     batch_size = min(config.batch_size, len(xt))
-    best_loss, best_state, since_best = float("inf"), copy.deepcopy(model.state_dict()), 0
-    for _ in range(config.max_epochs):
-        model.train()
+
+    def epoch_batches():
         order = torch.randperm(len(xt), generator=generator)
-        for start in range(0, len(xt), batch_size):
-            batch = order[start:start + batch_size]
-            optimizer.zero_grad()
-            loss_fn(model(xt[batch]), yt[batch]).backward()
-            optimizer.step()
-        model.eval()
-        with torch.no_grad():
-            val_loss = float(loss_fn(model(xv), yv))
-        if val_loss < best_loss:
-            best_loss, best_state, since_best = val_loss, copy.deepcopy(model.state_dict()), 0
-        else:
-            since_best += 1
-            if since_best >= config.patience:
-                break
-    model.load_state_dict(best_state)
-    model.eval()
-    return model, best_loss
+        return (order[start:start + batch_size] for start in range(0, len(xt), batch_size))
+
+    stopped = train_early_stopping(model, optimizer, epoch_batches,
+                                   lambda batch: loss_fn(model(xt[batch]), yt[batch]),
+                                   lambda: loss_fn(model(xv), yv), config.max_epochs,
+                                   config.patience)
+    return model, stopped.loss
 
 
 class MLPPredictor(Predictor):
@@ -200,7 +176,7 @@ class MLPPredictor(Predictor):
 
         best = None
         for config in self.grid:
-            with one_thread():
+            with torch_threads(1):  # more threads cost more than they save here
                 model, loss = train_mlp(x_train, y_train, x_val, y_val, n_outputs,
                                         self.classification, config, self.seed)
             log.debug("%s %s: validation loss %.4g", self.name, config, loss)
@@ -218,7 +194,7 @@ class MLPPredictor(Predictor):
         if self.classification and self.model is None:
             return np.full(len(models), self.classes[0], dtype=object)
         x = torch.from_numpy(self.scaler.transform(self.features(models))).float()
-        with torch.no_grad(), one_thread():
+        with torch.no_grad(), torch_threads(1):
             out = self.model(x).numpy()
         if self.classification:
             return self.classes[out.argmax(axis=1)].astype(object)

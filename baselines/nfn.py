@@ -36,15 +36,14 @@ rewriting its weight-space description; this module is written from the paper in
 
 Like ``flat-mlp``, the tensors are concatenated in the readout, so all models must share
 tensor names and shapes (a zoo of one width); other zoos raise NotApplicableError. Training as
-:mod:`baselines.gmn`'s: standardized regression targets with MSE, labels with cross-entropy,
-Adam, early stopping on validation, the best state kept; seeded and deterministic on the CPU.
+:mod:`baselines.gmn`'s (:mod:`baselines.training`): standardized regression targets with MSE,
+labels with cross-entropy, AdamW, early stopping on validation, the best state kept; seeded and
+deterministic on the CPU.
 Each tensor's values are standardized by one mean and std over the training models.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Sequence
@@ -56,7 +55,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from baselines.flat_mlp import check_same_layout, weight_layout
-from baselines.targets import is_classification
+from baselines.targets import StandardizedTargets
+from baselines.training import torch_threads, train_early_stopping
 from wslbench.predictor import ModelSample, NotApplicableError, Predictor
 
 log = logging.getLogger(__name__)
@@ -216,9 +216,7 @@ class NFN(Predictor):
         super().__init__(seed)
         self.config = config
         self.network: NeuralFunctional | None = None
-        self.classes: np.ndarray | None = None
-        self.constant: str | None = None
-        self.target_mean, self.target_std = 0.0, 1.0
+        self.targets: StandardizedTargets | None = None
 
     def _tensors(self, models: Sequence[ModelSample], what: str) -> list[torch.Tensor]:
         """Per layout tensor, the arranged tensors of all ``models`` stacked: ``(N, ...)``."""
@@ -235,34 +233,11 @@ class NFN(Predictor):
                 rows[k].append(torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0))
         return [torch.stack(r) for r in rows]
 
-    def _encode(self, targets: np.ndarray) -> torch.Tensor:
-        if self.classes is not None:
-            lookup = {label: i for i, label in enumerate(self.classes)}
-            return torch.tensor([lookup.get(str(t), -1) for t in targets], dtype=torch.long)
-        values = np.asarray(targets, dtype=np.float64)
-        return torch.tensor((values - self.target_mean) / self.target_std, dtype=torch.float32)
-
-    def _loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.classes is not None:
-            keep = targets >= 0
-            return F.cross_entropy(output[keep], targets[keep])
-        return F.mse_loss(output[:, 0], targets)
-
-    @contextlib.contextmanager
-    def _threads(self):
-        previous = torch.get_num_threads()
-        if self.config.num_threads is not None:
-            torch.set_num_threads(self.config.num_threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous)
-
     def fit(self, train: Sequence[ModelSample], train_targets: np.ndarray,
             val: Sequence[ModelSample], val_targets: np.ndarray) -> None:
         if len(train) == 0:
             raise ValueError("NFN.fit() got no training models")
-        with self._threads():
+        with torch_threads(self.config.num_threads):
             self._fit(train, train_targets, val, val_targets)
 
     def _fit(self, train, train_targets, val, val_targets) -> None:
@@ -270,29 +245,20 @@ class NFN(Predictor):
         first = train[0].state_dict()
         self.reference, self.layout = train[0].name, weight_layout(first)
         self.layouts = nfn_layout(train[0].model_args, first)
-        if is_classification(train_targets):
-            self.classes = np.unique(np.asarray(train_targets, dtype=str))
-            if len(self.classes) < 2:
-                self.constant, self.network = str(self.classes[0]), None
-                self._tensors(train, "train weights")  # still refuse other shapes
-                return
-        else:
-            self.classes = None
-            values = np.asarray(train_targets, dtype=np.float64)
-            self.target_mean = float(values.mean())
-            self.target_std = float(values.std()) if values.std() > 0 else 1.0
-        self.constant = None
+        self.targets = targets = StandardizedTargets(train_targets)
+        if targets.constant is not None:
+            self.network = None
+            self._tensors(train, "train weights")  # still refuse other shapes
+            return
         x_train = self._tensors(train, "train weights")
         x_val = self._tensors(val, "val weights") if len(val) else None
-        y_train, y_val = self._encode(train_targets), self._encode(val_targets)
-        usable_val = x_val is not None and bool(
-            (y_val >= 0).any() if self.classes is not None else True)
+        y_train, y_val = targets.encode(train_targets), targets.encode(val_targets)
+        usable_val = x_val is not None and targets.any_known(y_val)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            out_dim = 1 if self.classes is None else len(self.classes)
-            self.network = NeuralFunctional(self.layouts, out_dim, config.hidden, config.layers,
-                                            config.head_hidden)
+            self.network = NeuralFunctional(self.layouts, targets.out_dim, config.hidden,
+                                            config.layers, config.head_hidden)
         with torch.no_grad():
             for k, t in enumerate(x_train):
                 self.network.mean[k] = t.mean()
@@ -301,52 +267,36 @@ class NFN(Predictor):
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=config.learning_rate,
                                       weight_decay=config.weight_decay)
         generator = torch.Generator().manual_seed(self.seed)
-        best = (float("inf"), copy.deepcopy(self.network.state_dict()), 0)
-        stale = 0
-        epochs = tqdm(range(config.max_epochs), desc=f"{self.name}: epochs", leave=False,
-                      disable=None)
-        for epoch in epochs:
-            self.network.train()
+
+        def epoch_batches():
             order = torch.randperm(len(train), generator=generator)
-            train_loss = 0.0
-            for start in range(0, len(order), config.batch_size):
-                group = order[start:start + config.batch_size]
-                loss = self._loss(self.network([t[group] for t in x_train]), y_train[group])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                train_loss += loss.item() * len(group)
-            train_loss /= len(train)
-            if usable_val:
-                self.network.eval()
-                with torch.no_grad():
-                    val_loss = float(self._loss(self.network(x_val), y_val))
-            else:
-                val_loss = train_loss
-            epochs.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
-            if val_loss < best[0]:
-                best, stale = (val_loss, copy.deepcopy(self.network.state_dict()), epoch), 0
-            else:
-                stale += 1
-                if stale >= config.patience:
-                    break
-        self.network.load_state_dict(best[1])
-        self.network.eval()
-        log.info("nfn: best epoch %d of %d, monitored loss %.4f", best[2], epoch + 1, best[0])
+            return (order[start:start + config.batch_size]
+                    for start in range(0, len(order), config.batch_size))
+
+        def batch_loss(group: torch.Tensor) -> torch.Tensor:
+            return targets.loss(self.network([t[group] for t in x_train]), y_train[group])
+
+        def validation_loss() -> torch.Tensor:
+            return targets.loss(self.network(x_val), y_val)
+
+        stopped = train_early_stopping(self.network, optimizer, epoch_batches, batch_loss,
+                                       validation_loss if usable_val else None,
+                                       config.max_epochs, config.patience,
+                                       progress=f"{self.name}: epochs")
+        log.info("nfn: best epoch %d of %d, monitored loss %.4f", stopped.epoch, stopped.epochs,
+                 stopped.loss)
 
     @torch.no_grad()
     def predict(self, models: Sequence[ModelSample]) -> np.ndarray:
-        if self.constant is not None:
-            return np.full(len(models), self.constant, dtype=object)
+        if self.targets is not None and self.targets.constant is not None:
+            return np.full(len(models), self.targets.constant, dtype=object)
         if self.network is None:
             raise RuntimeError("NFN.predict() called before fit()")
         if len(models) == 0:
-            return np.empty(0, dtype=object if self.classes is not None else np.float64)
-        with self._threads():
+            return self.targets.decode(torch.empty(0, self.targets.out_dim))
+        with torch_threads(self.config.num_threads):
             self.network.eval()
             x = self._tensors(models, "weights")
             outputs = [self.network([t[i:i + 64] for t in x]) for i in range(0, len(models), 64)]
             output = torch.cat(outputs)
-        if self.classes is not None:
-            return self.classes[output.argmax(1).numpy()].astype(object)
-        return output[:, 0].double().numpy() * self.target_std + self.target_mean
+        return self.targets.decode(output)

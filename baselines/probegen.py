@@ -37,7 +37,6 @@ convolution backward corrupts memory on one thread (see tests/conftest.py).
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -49,7 +48,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from baselines.targets import is_classification
+from baselines.targets import StandardizedTargets
+from baselines.training import torch_threads, train_early_stopping
 from wslbench.predictor import ModelSample, NotApplicableError, Predictor
 
 log = logging.getLogger(__name__)
@@ -161,14 +161,12 @@ class ProbeGenConfig:
 @contextlib.contextmanager
 def _cpu_settings(threads: int | None):
     """``threads`` torch threads and no oneDNN (its conv backward is broken on one thread)."""
-    previous_threads, previous_mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    if threads is not None:
-        torch.set_num_threads(threads)
+    previous_mkldnn = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
-        yield
+        with torch_threads(threads):
+            yield
     finally:
-        torch.set_num_threads(previous_threads)
         torch.backends.mkldnn.enabled = previous_mkldnn
 
 
@@ -185,9 +183,7 @@ class ProbeGen(Predictor):
         self.probe_tokens = probe_tokens
         self.generator: LinearGenerator | None = None
         self.head: nn.Sequential | None = None
-        self.classes: np.ndarray | None = None
-        self.constant: str | None = None
-        self.target_mean, self.target_std = 0.0, 1.0
+        self.targets: StandardizedTargets | None = None
 
     # ------------------------------------------------------------------ running the models
 
@@ -238,21 +234,6 @@ class ProbeGen(Predictor):
             self.head = nn.Sequential(nn.Linear(config.probes * width, config.head_hidden),
                                       nn.ReLU(), nn.Linear(config.head_hidden, out_dim))
 
-    # ------------------------------------------------------------------ targets and loss
-
-    def _encode(self, targets: np.ndarray) -> torch.Tensor:
-        if self.classes is not None:
-            lookup = {label: i for i, label in enumerate(self.classes)}
-            return torch.tensor([lookup.get(str(t), -1) for t in targets], dtype=torch.long)
-        values = np.asarray(targets, dtype=np.float64)
-        return torch.tensor((values - self.target_mean) / self.target_std, dtype=torch.float32)
-
-    def _loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.classes is not None:
-            keep = targets >= 0  # validation labels never seen in training
-            return F.cross_entropy(output[keep], targets[keep])
-        return F.mse_loss(output[:, 0], targets)
-
     # ------------------------------------------------------------------ fit and predict
 
     def fit(self, train: Sequence[ModelSample], train_targets: np.ndarray,
@@ -265,66 +246,39 @@ class ProbeGen(Predictor):
     def _fit(self, train, train_targets, val, val_targets) -> None:
         config = self.config
         self.generator = None
-        if is_classification(train_targets):
-            self.classes = np.unique(np.asarray(train_targets, dtype=str))
-            if len(self.classes) < 2:  # one class seen: nothing to separate
-                self.constant = str(self.classes[0])
-                return
-        else:
-            self.classes = None
-            values = np.asarray(train_targets, dtype=np.float64)
-            self.target_mean = float(values.mean())
-            self.target_std = float(values.std()) if values.std() > 0 else 1.0
-        self.constant = None
+        self.targets = targets = StandardizedTargets(train_targets)
+        if targets.constant is not None:
+            return
         space = self._space(train)
         train_models = self._rebuild(train, "train models")
         val_models = self._rebuild(val, "val models") if len(val) else []
-        y_train, y_val = self._encode(train_targets), self._encode(val_targets)
-        usable_val = len(val_models) > 0 and bool((y_val >= 0).any()
-                                                  if self.classes is not None else True)
-        out_dim = 1 if self.classes is None else len(self.classes)
-        self._init_networks(space, train_models[0], out_dim)
-        parameters = [*self.generator.parameters(), *self.head.parameters()]
-        optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate,
+        y_train, y_val = targets.encode(train_targets), targets.encode(val_targets)
+        usable_val = len(val_models) > 0 and targets.any_known(y_val)
+        self._init_networks(space, train_models[0], targets.out_dim)
+        trained = nn.ModuleList([self.generator, self.head])
+        optimizer = torch.optim.AdamW(trained.parameters(), lr=config.learning_rate,
                                       weight_decay=config.weight_decay)
         order_generator = torch.Generator().manual_seed(self.seed)
-        best = (float("inf"), None, 0)
-        stale = 0
-        epochs = tqdm(range(config.max_epochs), desc=f"{self.name}: epochs", leave=False,
-                      disable=None)
-        for epoch in epochs:
-            self.generator.train(), self.head.train()
+
+        def epoch_batches() -> list[list[int]]:
             order = torch.randperm(len(train_models), generator=order_generator).tolist()
-            train_loss = 0.0
-            for start in range(0, len(order), config.batch_size):
-                group = order[start:start + config.batch_size]
-                probes = self.generator()
-                output = self.head(self._outputs([train_models[i] for i in group], probes))
-                loss = self._loss(output, y_train[group])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                train_loss += loss.item() * len(group)
-            train_loss /= len(train_models)
-            if usable_val:
-                with torch.no_grad():
-                    val_loss = float(self._loss(self._forward(val_models), y_val))
-            else:
-                val_loss = train_loss
-            epochs.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
-            if val_loss < best[0]:
-                best = (val_loss, copy.deepcopy((self.generator.state_dict(),
-                                                 self.head.state_dict())), epoch)
-                stale = 0
-            else:
-                stale += 1
-                if stale >= config.patience:
-                    break
-        self.generator.load_state_dict(best[1][0])
-        self.head.load_state_dict(best[1][1])
-        self.generator.eval(), self.head.eval()
-        log.info("probegen: best epoch %d of %d, monitored loss %.4f", best[2], epoch + 1,
-                 best[0])
+            return [order[start:start + config.batch_size]
+                    for start in range(0, len(order), config.batch_size)]
+
+        def batch_loss(group: list[int]) -> torch.Tensor:
+            probes = self.generator()
+            output = self.head(self._outputs([train_models[i] for i in group], probes))
+            return targets.loss(output, y_train[group])
+
+        def validation_loss() -> torch.Tensor:
+            return targets.loss(self._forward(val_models), y_val)
+
+        stopped = train_early_stopping(trained, optimizer, epoch_batches, batch_loss,
+                                       validation_loss if usable_val else None,
+                                       config.max_epochs, config.patience,
+                                       progress=f"{self.name}: epochs")
+        log.info("probegen: best epoch %d of %d, monitored loss %.4f", stopped.epoch,
+                 stopped.epochs, stopped.loss)
 
     def _forward(self, models: Sequence[ZooModel]) -> torch.Tensor:
         self.generator.eval(), self.head.eval()
@@ -332,14 +286,12 @@ class ProbeGen(Predictor):
         return self.head(self._outputs(models, probes))
 
     def predict(self, models: Sequence[ModelSample]) -> np.ndarray:
-        if self.constant is not None:
-            return np.full(len(models), self.constant, dtype=object)
+        if self.targets is not None and self.targets.constant is not None:
+            return np.full(len(models), self.targets.constant, dtype=object)
         if self.generator is None:
             raise RuntimeError("ProbeGen.predict() called before fit()")
         if len(models) == 0:
-            return np.empty(0, dtype=object if self.classes is not None else np.float64)
+            return self.targets.decode(torch.empty(0, self.targets.out_dim))
         with _cpu_settings(self.config.num_threads), torch.no_grad():
             output = self._forward(self._rebuild(models, "models"))
-        if self.classes is not None:
-            return self.classes[output.argmax(1).numpy()].astype(object)
-        return output[:, 0].double().numpy() * self.target_std + self.target_mean
+        return self.targets.decode(output)
