@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from baselines.targets import encode_labels, is_classification
-from baselines.weight_stats import featurize
+from baselines.weight_stats import featurize, featurize_like
 from wslbench.predictor import ModelSample, Predictor
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,7 @@ class StatGBM(Predictor):
             return np.full(len(models), self.classes[0], dtype=object)
         if len(models) == 0:
             return np.empty(0, dtype=object if self.classification else np.float64)
-        x, names = featurize(models)
-        if names != self.feature_names:
-            raise ValueError(f"stat-gbm: the models have other tensors than the training "
-                             f"models (e.g. {sorted(set(names) ^ set(self.feature_names))[:3]}); "
-                             "weight statistics need one architecture")
-        predicted = self.model.predict(x)
+        predicted = self.model.predict(featurize_like(models, self.feature_names, self.name))
         if self.classification:
             return self.classes[np.asarray(predicted, dtype=int)].astype(object)
         return np.asarray(predicted, dtype=np.float64)

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from baselines.mlp import MLPPredictor
-from baselines.weight_stats import featurize
+from baselines.weight_stats import featurize, featurize_like
 from wslbench.predictor import ModelSample
 
 
@@ -28,9 +28,4 @@ class StatMLP(MLPPredictor):
         return x
 
     def features(self, models: Sequence[ModelSample]) -> np.ndarray:
-        x, names = featurize(models)
-        if names != self.feature_names:
-            raise ValueError(f"{self.name}: the models have other tensors than the training "
-                             f"models (e.g. {sorted(set(names) ^ set(self.feature_names))[:3]}); "
-                             "weight statistics need one architecture")
-        return x
+        return featurize_like(models, self.feature_names, self.name)

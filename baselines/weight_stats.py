@@ -184,6 +184,18 @@ def featurize(models: Sequence[ModelSample], workers: int = 0) -> tuple[np.ndarr
     return values, table.names or []
 
 
+def featurize_like(models: Sequence[ModelSample], feature_names: list[str],
+                   predictor: str) -> np.ndarray:
+    """The statistics of ``models``, which must have the tensors of the training models
+    (``feature_names``, as :func:`featurize` named them there)."""
+    x, names = featurize(models)
+    if names != feature_names:
+        raise ValueError(f"{predictor}: the models have other tensors than the training "
+                         f"models (e.g. {sorted(set(names) ^ set(feature_names))[:3]}); "
+                         "weight statistics need one architecture")
+    return x
+
+
 class TrainingRange:
     """Make feature rows safe for a model fit on the training rows: a non-finite entry (a
     diverged model's) becomes the training median, and every entry is clipped to the range
