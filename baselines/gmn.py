@@ -48,7 +48,6 @@ there results may differ in the last bits between runs.
 from __future__ import annotations
 
 import functools
-import logging
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
@@ -63,8 +62,6 @@ from baselines.param_graph import (EDGE_TYPES, EDGE_VALUE_FEATURES, NODE_VALUE_F
                                    parameter_graph)
 from baselines.training import torch_threads, train_early_stopping
 from wslbench.predictor import ModelSample, NotApplicableError, Predictor
-
-log = logging.getLogger(__name__)
 
 #: columns of ``x`` that are values (standardized), before the one-hot node type
 N_NODE_VALUES = len(NODE_VALUE_FEATURES) + 2  # + log1p in-degree, log1p out-degree
@@ -425,12 +422,9 @@ class GMN(Predictor):
             output = self._forward(val_graphs, known_val)
             return targets.loss(output, y_val[known_val].to(self.device))
 
-        stopped = train_early_stopping(self.network, optimizer, epoch_batches, batch_loss,
-                                       validation_loss if known_val else None,
-                                       config.max_epochs, config.patience,
-                                       progress=f"{self.name}: epochs")
-        log.info("gmn: best epoch %d of %d, monitored loss %.4f", stopped.epoch, stopped.epochs,
-                 stopped.loss)
+        train_early_stopping(self.network, optimizer, epoch_batches, batch_loss,
+                             validation_loss if known_val else None,
+                             config.max_epochs, config.patience, name=self.name)
 
     @torch.no_grad()
     def predict(self, models: Sequence[ModelSample]) -> np.ndarray:

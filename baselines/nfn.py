@@ -44,7 +44,6 @@ Each tensor's values are standardized by one mean and std over the training mode
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -58,8 +57,6 @@ from baselines.flat_mlp import check_same_layout, weight_layout
 from baselines.targets import StandardizedTargets
 from baselines.training import torch_threads, train_early_stopping
 from wslbench.predictor import ModelSample, NotApplicableError, Predictor
-
-log = logging.getLogger(__name__)
 
 
 class TensorLayout(NamedTuple):
@@ -279,12 +276,9 @@ class NFN(Predictor):
         def validation_loss() -> torch.Tensor:
             return targets.loss(self.network(x_val), y_val)
 
-        stopped = train_early_stopping(self.network, optimizer, epoch_batches, batch_loss,
-                                       validation_loss if usable_val else None,
-                                       config.max_epochs, config.patience,
-                                       progress=f"{self.name}: epochs")
-        log.info("nfn: best epoch %d of %d, monitored loss %.4f", stopped.epoch, stopped.epochs,
-                 stopped.loss)
+        train_early_stopping(self.network, optimizer, epoch_batches, batch_loss,
+                             validation_loss if usable_val else None,
+                             config.max_epochs, config.patience, name=self.name)
 
     @torch.no_grad()
     def predict(self, models: Sequence[ModelSample]) -> np.ndarray:

@@ -37,7 +37,6 @@ convolution backward corrupts memory on one thread (see tests/conftest.py).
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Sequence
@@ -51,8 +50,6 @@ from tqdm.auto import tqdm
 from baselines.targets import StandardizedTargets
 from baselines.training import torch_threads, train_early_stopping
 from wslbench.predictor import ModelSample, NotApplicableError, Predictor
-
-log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("resnet18", "resnet50", "vit", "Resnet18_width", "Resnet50_width")
 
@@ -273,12 +270,9 @@ class ProbeGen(Predictor):
         def validation_loss() -> torch.Tensor:
             return targets.loss(self._forward(val_models), y_val)
 
-        stopped = train_early_stopping(trained, optimizer, epoch_batches, batch_loss,
-                                       validation_loss if usable_val else None,
-                                       config.max_epochs, config.patience,
-                                       progress=f"{self.name}: epochs")
-        log.info("probegen: best epoch %d of %d, monitored loss %.4f", stopped.epoch,
-                 stopped.epochs, stopped.loss)
+        train_early_stopping(trained, optimizer, epoch_batches, batch_loss,
+                             validation_loss if usable_val else None, config.max_epochs,
+                             config.patience, name=self.name)
 
     def _forward(self, models: Sequence[ZooModel]) -> torch.Tensor:
         self.generator.eval(), self.head.eval()

@@ -48,20 +48,20 @@ def train_early_stopping(network: nn.Module, optimizer: torch.optim.Optimizer,
                          epoch_batches: Callable[[], Iterable[Sequence[int]]],
                          batch_loss: Callable[[Sequence[int]], torch.Tensor],
                          validation_loss: Callable[[], torch.Tensor | float] | None,
-                         max_epochs: int, patience: int, progress: str | None = None) -> Stopped:
+                         max_epochs: int, patience: int, name: str | None = None) -> Stopped:
     """Train ``network`` until the monitored loss has not improved for ``patience`` epochs
     (or for ``max_epochs``); leave it in eval mode with the state of the lowest loss.
 
     Each epoch takes the batches (lists of training indices) that ``epoch_batches()`` gives,
     one optimizer step on ``batch_loss(batch)`` each. The monitored loss is
     ``validation_loss()``, computed in eval mode without gradients, or, where it is None (no
-    usable validation models), the mean training loss of the epoch. ``progress``: the
-    description of a progress bar over epochs (None: no bar).
+    usable validation models), the mean training loss of the epoch. ``name``: the predictor's,
+    for a progress bar over the epochs and a log line at the end (None: neither, a debug line).
     """
     best_loss, best_state, best_epoch = float("inf"), copy.deepcopy(network.state_dict()), 0
     stale = 0
-    epochs = tqdm(range(max_epochs), desc=progress, leave=False,
-                  disable=None if progress else True)
+    epochs = tqdm(range(max_epochs), desc=f"{name}: epochs", leave=False,
+                  disable=None if name else True)
     epoch = -1
     for epoch in epochs:
         network.train()
@@ -91,4 +91,6 @@ def train_early_stopping(network: nn.Module, optimizer: torch.optim.Optimizer,
                 break
     network.load_state_dict(best_state)
     network.eval()
+    log.log(logging.INFO if name else logging.DEBUG, "%s: best epoch %d of %d, monitored loss "
+            "%.4f", name or "training", best_epoch, epoch + 1, best_loss)
     return Stopped(best_loss, best_epoch, epoch + 1)
