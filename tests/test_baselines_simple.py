@@ -74,6 +74,16 @@ def fit_predict(name: str, models: list[ModelSample], targets: np.ndarray, seed:
     return predictor.predict(models[n_train + n_val:]), targets[n_train + n_val:]
 
 
+def assert_seeded(name: str, models: list[ModelSample], targets: np.ndarray, **kwargs) -> None:
+    """Seed 3 twice gives the same predictions, whatever the global RNG's state; seed 4 others."""
+    first, _ = fit_predict(name, models, targets, seed=3, **kwargs)
+    torch.manual_seed(123)  # the global RNG's state must not matter
+    again, _ = fit_predict(name, models, targets, seed=3, **kwargs)
+    np.testing.assert_array_equal(first, again)
+    other, _ = fit_predict(name, models, targets, seed=4, **kwargs)
+    assert not np.array_equal(first, other)  # the seed is used
+
+
 def r2(predicted: np.ndarray, targets: np.ndarray) -> float:
     return 1 - float(np.sum((targets - predicted) ** 2) / np.sum((targets - targets.mean()) ** 2))
 
@@ -126,12 +136,7 @@ def test_same_seed_same_predictions(name):
     targets = targets_of(models, fc_abs_mean)
     # one short configuration keeps the MLPs cheap; the grid search adds no randomness
     options = {} if name == "stat-gbm" else {"grid": [MLPConfig(max_epochs=50)]}
-    first, _ = fit_predict(name, models, targets, seed=3, **options)
-    torch.manual_seed(123)  # the global RNG's state must not matter
-    again, _ = fit_predict(name, models, targets, seed=3, **options)
-    np.testing.assert_array_equal(first, again)
-    other, _ = fit_predict(name, models, targets, seed=4, **options)
-    assert not np.array_equal(first, other)  # the seed is used (bagging, for stat-gbm)
+    assert_seeded(name, models, targets, **options)  # stat-gbm uses the seed for bagging
 
 
 @pytest.mark.parametrize("name", ["stat-gbm", "stat-mlp"])

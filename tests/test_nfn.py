@@ -11,7 +11,7 @@ import torch
 from baselines.nfn import NFN, NFNConfig, NeuralFunctional, arrange, nfn_layout
 from baselines.param_graph import normalize_keys, permute_hidden_units
 from helpers import random_model
-from test_baselines_simple import fc_abs_mean, r2, random_zoo, targets_of
+from test_baselines_simple import assert_seeded, fc_abs_mean, r2, random_zoo, targets_of
 from test_probegen import pinn_zoo, split_fit
 from wslbench.predictor import ModelSample, NotApplicableError
 
@@ -88,13 +88,7 @@ def test_recovers_a_known_function_on_pinns_and_classifies():
 
 def test_same_seed_same_predictions():
     models, targets = pinn_zoo(20, hiddens=([8, 8],), target="output_weights")
-    config = NFNConfig(max_epochs=5)
-    first, _ = split_fit(NFN(seed=3, config=config), models, targets)
-    torch.manual_seed(123)
-    again, _ = split_fit(NFN(seed=3, config=config), models, targets)
-    np.testing.assert_array_equal(first, again)
-    other, _ = split_fit(NFN(seed=4, config=config), models, targets)
-    assert not np.array_equal(first, other)
+    assert_seeded("nfn", models, targets, config=NFNConfig(max_epochs=5))
 
 
 def test_mixed_shapes_are_not_applicable_and_say_what_to_use():

@@ -12,7 +12,7 @@ from baselines.param_graph import permute_hidden_units
 from baselines.probegen import (LinearGenerator, ProbeGen, ProbeGenConfig, _gpt_on_soft_tokens,
                                 probe_space)
 from helpers import random_model
-from test_baselines_simple import fc_abs_mean, r2, random_zoo, targets_of
+from test_baselines_simple import assert_seeded, fc_abs_mean, r2, random_zoo, targets_of
 from wslbench.predictor import ModelSample, NotApplicableError
 from zoo_builder.models import build_model
 
@@ -92,13 +92,7 @@ def test_recovers_a_known_function_across_widths():
 
 def test_same_seed_same_predictions():
     models, targets = pinn_zoo(20)
-    config = ProbeGenConfig(probes=4, max_epochs=5)
-    first, _ = split_fit(ProbeGen(seed=3, config=config), models, targets)
-    torch.manual_seed(123)  # the global RNG's state must not matter
-    again, _ = split_fit(ProbeGen(seed=3, config=config), models, targets)
-    np.testing.assert_array_equal(first, again)
-    other, _ = split_fit(ProbeGen(seed=4, config=config), models, targets)
-    assert not np.array_equal(first, other)
+    assert_seeded("probegen", models, targets, config=ProbeGenConfig(probes=4, max_epochs=5))
 
 
 def test_resnets_of_mixed_widths_classification_and_hidden_unit_permutations():

@@ -15,7 +15,8 @@ import torch
 from baselines.mlp import MLPConfig
 from baselines.spectral import (METRICS, eigenvalues, layer_metrics, power_law_alpha,
                                 spectral_features, weight_matrices)
-from test_baselines_simple import fc_abs_mean, fit_predict, r2, random_zoo, targets_of
+from test_baselines_simple import (assert_seeded, fc_abs_mean, fit_predict, r2, random_zoo,
+                                  targets_of)
 from wslbench.predictor import NotApplicableError, load_predictor_class
 from zoo_builder.models import build_model
 
@@ -85,12 +86,7 @@ def test_spectral_mlp_recovers_a_known_function_across_widths():
 def test_spectral_mlp_same_seed_same_predictions():
     models = random_zoo(30)
     targets = targets_of(models, fc_abs_mean)
-    first, _ = fit_predict("spectral-mlp", models, targets, seed=3, **SHORT)
-    torch.manual_seed(123)
-    again, _ = fit_predict("spectral-mlp", models, targets, seed=3, **SHORT)
-    np.testing.assert_array_equal(first, again)
-    other, _ = fit_predict("spectral-mlp", models, targets, seed=4, **SHORT)
-    assert not np.array_equal(first, other)
+    assert_seeded("spectral-mlp", models, targets, **SHORT)
 
 
 def test_spectral_free_is_minus_the_mean_alpha_hat_and_learns_nothing():
