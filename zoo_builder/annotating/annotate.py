@@ -143,6 +143,9 @@ class AnnotationSettings:
     hessian_samples: int = 200  # one batch of 200, as Yang et al. (2021)
     hessian_eig_max_iter: int = 100
     hessian_trace_hvps: int = 100
+    # the seeds' Hessian products in one stacked pass where they stack (same values up to
+    # float rounding; see hessian_annotations); False: one model at a time
+    hessian_seed_batch: bool = True
     cka_samples: int = 512
     mc_steps: int | None = None
     mc_lr: float | None = None  # None: the workload's (SGD 0.1; PINNs: Adam 1e-3)
@@ -403,12 +406,16 @@ def _annotate_grid_point(job: GridPointJob) -> str | None:
                                    job.data_root).to(job.device)
         epochs = sorted({e for m in models for e in annotation_epochs(m, job.epochs)})
         images = all(workload_of(m.params) == "image_classification" for m in models)
-        per_model = {"hessian": hessian_annotation,
-                     "epoch_average": (epoch_average_annotation if images
+        per_model = {"epoch_average": (epoch_average_annotation if images
                                        else workload_epoch_average_annotation),
                      "pruning": pruning_annotation if images else workload_pruning_annotation,
                      "transfer": lambda m, e, d, j: transfer_annotation(m, e, d, target, j)}
         for epoch in epochs:
+            if "hessian" in job.groups:
+                todo = [m for m in models
+                        if job.force or not _done(m, epoch, "hessian", job.settings)]
+                for model, values in zip(todo, hessian_annotations(todo, epoch, data, job)):
+                    _store(model, epoch, values)
             for group, annotation in per_model.items():
                 if group not in job.groups:
                     continue
@@ -499,6 +506,55 @@ def hessian_annotation(model: ModelRecord, epoch: int, data: Any,
                                        trace_hvps=settings.hessian_trace_hvps)
     top_ev_val = lanczos_top_eigenvalue(problem.hessian_operator(network, "val"),
                                         max_iter=settings.hessian_eig_max_iter, seed=settings.seed)
+    return _hessian_values(metrics, top_ev_val)
+
+
+def hessian_annotations(models: list[ModelRecord], epoch: int, data: Any,
+                        job: GridPointJob) -> list[dict[str, Any]]:
+    """:func:`hessian_annotation` of each of ``models`` (the seeds of one grid point), in order.
+
+    With ``hessian_seed_batch`` (default) the models' Hessian products are computed together,
+    one vmapped pass for all of them (:class:`~zoo_builder.annotating.landscape.hessian.
+    StackedHessianOperator`), each model running its own estimators on the probe vectors it
+    would draw alone; the values equal the one-at-a-time ones up to float rounding. Models
+    whose operators do not stack (a PINN's loss takes input derivatives, which do not run under
+    vmap; different shapes or data) are measured one at a time, and the log says why.
+    """
+    from zoo_builder.annotating.landscape.hessian import (NotStackableError,
+                                                          StackedHessianOperator,
+                                                          stacked_hessian_metrics,
+                                                          stacked_lanczos_top_eigenvalue)
+
+    settings = job.settings
+    if len(models) < 2 or not settings.hessian_seed_batch:
+        return [hessian_annotation(model, epoch, data, job) for model in models]
+    networks = [load_model(model, epoch, job.device) for model in models]
+    problems = [landscape_problem(model, data, job) for model in models]
+
+    def stacked(part: str) -> StackedHessianOperator:
+        return StackedHessianOperator.from_operators(
+            [problem.hessian_operator(network, part)
+             for problem, network in zip(problems, networks)])
+
+    try:
+        train, val = stacked("train"), stacked("val")
+    except NotStackableError as err:
+        log.info("%s: Hessians of %d models one at a time, not seed-batched: %s", job.name,
+                 len(models), err)
+        return [hessian_annotation(model, epoch, data, job) for model in models]
+    networks.clear()  # the stacked operators hold copies of the weights
+    metrics = stacked_hessian_metrics(train, seed=settings.seed,
+                                      eig_max_iter=settings.hessian_eig_max_iter,
+                                      trace_hvps=settings.hessian_trace_hvps)
+    del train
+    top_ev_val = stacked_lanczos_top_eigenvalue(val, max_iter=settings.hessian_eig_max_iter,
+                                                seed=settings.seed)
+    return [_hessian_values(m, e) for m, e in zip(metrics, top_ev_val)]
+
+
+def _hessian_values(metrics: dict[str, float], top_ev_val: Any) -> dict[str, Any]:
+    """The stored keys from the train metrics and the val top eigenvalue."""
+    metrics = dict(metrics)
     metrics.update({"hessian_top_ev_val": top_ev_val.value,
                     "hessian_top_ev_val_uncertainty": top_ev_val.uncertainty,
                     "hessian_top_ev_val_hvps": top_ev_val.n_hvps})

@@ -27,6 +27,13 @@ data set; the estimators accept any symmetric operator with ``dim``, ``matvec`` 
 ``n_hvps`` (see :class:`SymmetricOperator`), so they are tested on matrices with known spectra.
 :func:`hessian_metrics` is the entry point the annotation pipeline calls per data subset, and
 :func:`fixed_subset` draws the seeded subset it is called on.
+
+Seed-batched: :class:`StackedHessianOperator` holds the models of a grid point (one
+architecture, the same data) stacked, and computes their products in one vmapped pass;
+:func:`stacked_hessian_metrics` and :func:`stacked_lanczos_top_eigenvalue` run every model's
+estimators on it in lockstep. The estimators are written once, as coroutines that yield the
+vectors they need multiplied (:data:`Steps`), so each model runs the same code on the same
+probe vectors whether its products come alone or stacked.
 """
 
 from __future__ import annotations
@@ -34,14 +41,24 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal, Protocol, runtime_checkable
+from typing import (Callable, Generator, Iterator, Literal, Protocol, Sequence, TypeVar,
+                    runtime_checkable)
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 Which = Literal["LA", "LM"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
+T = TypeVar("T")
+
+#: An estimator written as a coroutine: it yields what it needs multiplied by the Hessian (a
+#: flat vector for one product, a (dim, k) block for k products), is sent each product back,
+#: and returns its result. :func:`_run` serves one operator; :func:`_run_stacked` serves one
+#: estimator per model from a :class:`StackedHessianOperator`. Either way a model runs the
+#: same code on the same probe vectors; only how its products are computed differs.
+Steps = Generator[Tensor, Tensor, T]
 
 #: Defaults, chosen on the test networks and the benchmark (benchmarks/hessian.py, a trained
 #: ResNet-18 on digits): Lanczos to a Ritz residual of 1e-3 |lambda| (its true error is far
@@ -321,6 +338,17 @@ def _apply(op: SymmetricOperator, vectors: Tensor) -> Tensor:
     return torch.stack([op.matvec(vectors[:, j]) for j in range(vectors.shape[1])], dim=1)
 
 
+def _run(op: SymmetricOperator, steps: Steps[T]) -> T:
+    """Run an estimator's steps on one operator and return its result."""
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(op.matvec(request) if request.ndim == 1
+                                 else _apply(op, request))
+    except StopIteration as stop:
+        return stop.value
+
+
 def _generator(seed: int) -> torch.Generator:
     """A CPU generator: the same seed draws the same vectors on every device."""
     return torch.Generator(device="cpu").manual_seed(int(seed))
@@ -363,10 +391,20 @@ def _lanczos(op: SymmetricOperator, *, max_iter: int, rtol: float, which: Which,
     Runs at least ``min_iter`` steps (to build a basis for deflation) and at most
     ``max_iter``; the estimate is the one after the last step.
     """
+    _check_which(which)
+    return _run(op, _lanczos_steps(op.dim, _device(op), max_iter=max_iter, rtol=rtol,
+                                   which=which, seed=seed, dtype=dtype, min_iter=min_iter))
+
+
+def _check_which(which: str) -> None:
     if which not in ("LA", "LM"):
         raise ValueError(f"which must be 'LA' (largest algebraic) or 'LM' (largest magnitude), "
                          f"got {which!r}")
-    n, device = op.dim, _device(op)
+
+
+def _lanczos_steps(n: int, device: torch.device, *, max_iter: int, rtol: float, which: Which,
+                   seed: int, dtype: torch.dtype, min_iter: int = 0) -> Steps[_LanczosRun]:
+    """:func:`_lanczos` as :data:`Steps` on an operator of size ``n`` on ``device``."""
     q = _gaussian_unit(n, _generator(seed), dtype, device)
     basis: list[Tensor] = []
     alphas: list[float] = []
@@ -375,7 +413,7 @@ def _lanczos(op: SymmetricOperator, *, max_iter: int, rtol: float, which: Which,
     theta, residual, converged = 0.0, math.inf, False
     for _ in range(min(max_iter, n)):
         basis.append(q)
-        w = op.matvec(q).to(device=device, dtype=dtype)
+        w = (yield q).to(device=device, dtype=dtype)
         alpha = float(w @ q)
         alphas.append(alpha)
         # Full reorthogonalization against the whole basis, twice ("twice is enough"); it
@@ -523,8 +561,16 @@ def hutchinson_trace(
                          tuple(history))
 
 
-def _deflated_hutchinson(
-    op: SymmetricOperator,
+def _deflated_hutchinson(op: SymmetricOperator, basis: list[Tensor], basis_trace: float,
+                         **options) -> tuple[TraceEstimate, int]:
+    """:func:`_deflated_hutchinson_steps` on ``op``."""
+    return _run(op, _deflated_hutchinson_steps(op.dim, _device(op), basis, basis_trace,
+                                               **options))
+
+
+def _deflated_hutchinson_steps(
+    n: int,
+    device: torch.device,
     basis: list[Tensor],
     basis_trace: float,
     *,
@@ -534,7 +580,7 @@ def _deflated_hutchinson(
     generator: torch.Generator,
     block_size: int,
     dtype: torch.dtype,
-) -> tuple[TraceEstimate, int]:
+) -> Steps[tuple[TraceEstimate, int]]:
     """tr(V^T H V) (given) plus Hutchinson on (I - VV^T) H (I - VV^T), V's columns ``basis``.
 
     The trace splits exactly as tr(H) = tr(V^T H V) + tr((I - P) H (I - P)) for any
@@ -543,7 +589,6 @@ def _deflated_hutchinson(
     with a ``target_rse`` sampling stops once it is met, without one all ``max_samples`` are
     drawn.
     """
-    n, device = op.dim, _device(op)
     samples: list[float] = []
     history: list[float] = []
     total, converged = 0.0, target_rse is None
@@ -554,7 +599,7 @@ def _deflated_hutchinson(
         g = _rademacher(n, size, generator, dtype, device)
         for b in basis:  # vector by vector: no (dim, k) copy of the basis
             g -= torch.outer(b, b @ g)
-        hg = _apply(op, g).to(g)
+        hg = (yield g).to(g)
         for value in (g * hg).sum(dim=0).tolist():
             samples.append(value)
             total += value
@@ -757,17 +802,40 @@ def operator_hessian_metrics(
     """:func:`hessian_metrics` on any symmetric operator (e.g. a
     :class:`ClosureHessianOperator` for a PINN loss, or a :class:`HessianOperator` over token
     windows): the same keys, budgets and estimators."""
+    options = dict(eig_rtol=eig_rtol, eig_max_iter=eig_max_iter, which=which,
+                   trace_hvps=trace_hvps, trace_krylov_size=trace_krylov_size,
+                   trace_target_rse=trace_target_rse, trace_min_samples=trace_min_samples,
+                   dtype=dtype)
+    _check_metrics_options(**options)
+    return _run(op, _hessian_metrics_steps(op.dim, _device(op), seed=seed, **options))
+
+
+def _check_metrics_options(*, eig_rtol: float, eig_max_iter: int, which: Which, trace_hvps: int,
+                           trace_krylov_size: int, trace_target_rse: float | None,
+                           **_: object) -> None:
     _check_budget("eig_max_iter", eig_max_iter)
     if not eig_rtol > 0:
         raise ValueError(f"eig_rtol must be positive, got {eig_rtol}")
+    _check_which(which)
     _check_trace_options(trace_hvps, trace_krylov_size, trace_target_rse, "trace_krylov_size", 1)
-    run = _lanczos(op, max_iter=max(eig_max_iter, trace_krylov_size), rtol=eig_rtol,
-                   which=which, seed=seed, dtype=dtype, min_iter=trace_krylov_size)
+
+
+def _hessian_metrics_steps(n: int, device: torch.device, *, seed: int, eig_rtol: float,
+                           eig_max_iter: int, which: Which, trace_hvps: int,
+                           trace_krylov_size: int, trace_target_rse: float | None,
+                           trace_min_samples: int, dtype: torch.dtype
+                           ) -> Steps[dict[str, float]]:
+    """:func:`operator_hessian_metrics` as :data:`Steps`: one Lanczos run, whose basis
+    deflates the Hutchinson samples of the trace."""
+    run = yield from _lanczos_steps(n, device, max_iter=max(eig_max_iter, trace_krylov_size),
+                                    rtol=eig_rtol, which=which, seed=seed, dtype=dtype,
+                                    min_iter=trace_krylov_size)
     steps = run.estimate.n_hvps
-    trace, samples = _deflated_hutchinson(
-        op, run.basis, run.basis_trace, max_samples=max(trace_hvps - steps, trace_min_samples),
-        target_rse=trace_target_rse, min_samples=trace_min_samples,
-        generator=_generator(seed + 1), block_size=16, dtype=dtype)
+    trace, samples = yield from _deflated_hutchinson_steps(
+        n, device, run.basis, run.basis_trace,
+        max_samples=max(trace_hvps - steps, trace_min_samples), target_rse=trace_target_rse,
+        min_samples=trace_min_samples, generator=_generator(seed + 1), block_size=16,
+        dtype=dtype)
     return {
         "hessian_top_ev": run.estimate.value,
         "hessian_top_ev_uncertainty": run.estimate.uncertainty,
@@ -776,3 +844,279 @@ def operator_hessian_metrics(
         "hessian_trace_uncertainty": trace.uncertainty,
         "hessian_trace_hvps": steps + samples,
     }
+
+
+# ------------------------------------------------------------------- seed-batched products
+
+
+class NotStackableError(ValueError):
+    """The Hessians of some models cannot be computed as one stacked operator; says why."""
+
+
+class StackedHessianOperator:
+    """The Hessians of M models of one architecture on the same data, computed together.
+
+    Model i's Hessian is that of ``HessianOperator(models[i], images, labels, chunk_size,
+    loss_fn)``: the same loss, chunks, eval mode (BatchNorm on its running statistics, dropout
+    off; the models are not touched, the stacked copy's template is put in eval mode) and
+    parameter order. The models' parameters and buffers are stacked
+    (:class:`zoo_builder.building.batched.StackedModels`, as seed-batched training stacks
+    them); per chunk, one ``vmap`` of ``functional_call`` gives every model's loss on the shared
+    inputs, the gradient of their sum is every model's own gradient (built with
+    ``create_graph``), and each product is one more backward of that stacked graph, as in
+    :class:`HessianOperator`. A convolution becomes one grouped convolution over the models.
+
+    :meth:`matmat` takes one (dim, k) block per model, stacked as (m, dim, k), for the models
+    it names (those whose estimators still run); ``n_hvps`` counts products per model, summed.
+    :func:`stacked_hessian_metrics` and :func:`stacked_lanczos_top_eigenvalue` run the
+    estimators of every model on it.
+    """
+
+    def __init__(self, models: Sequence[nn.Module], images: Tensor, labels: Tensor,
+                 chunk_size: int = 256, loss_fn: LossFn = F.cross_entropy):
+        from zoo_builder.building.batched import StackedModels  # the training code's stacking
+
+        if len(models) < 1:
+            raise ValueError("a stacked Hessian needs at least one model")
+        # the per-model operator checks the data and what is trainable
+        first = HessianOperator(models[0], images, labels, chunk_size, loss_fn)
+        _check_same_architecture(models)
+        self.images, self.labels = images, labels
+        self.chunk_size, self.loss_fn = first.chunk_size, loss_fn
+        self.names = [name for name, p in models[0].named_parameters() if p.requires_grad]
+        self.dim = first.dim
+        self.n_models = len(models)
+        self.stacked = StackedModels.stack(models).train(False)
+        self.n_hvps = 0
+        self._kept: tuple[list[int], list[Tensor], list[tuple[Tensor, int]]] | None = None
+        template = self.stacked.template
+
+        def loss(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor,
+                 y: Tensor) -> Tensor:
+            return self.loss_fn(functional_call(template, (params, buffers), (x,)).float(), y)
+
+        self._losses = vmap(loss, in_dims=(0, 0, None, None), randomness="error")
+
+    @classmethod
+    def from_operators(cls, ops: Sequence[SymmetricOperator]) -> "StackedHessianOperator":
+        """The operators of several models stacked: they must be :class:`HessianOperator` s
+        over the same data, chunks and loss whose models share an architecture; otherwise
+        :class:`NotStackableError` says what differs."""
+        if not ops:
+            raise ValueError("no operators to stack")
+        for op in ops:
+            if type(op) is not HessianOperator:
+                why = (" (a loss over the whole model, e.g. a PINN's input derivatives, does "
+                       "not run under vmap)" if isinstance(op, ClosureHessianOperator) else "")
+                raise NotStackableError(f"only HessianOperators stack, got "
+                                        f"{type(op).__name__}{why}")
+        first = ops[0]
+        for op in ops[1:]:
+            if op.chunk_size != first.chunk_size or op.loss_fn is not first.loss_fn:
+                raise NotStackableError("the operators differ in their chunk size or loss")
+            if not (_same_tensor(op.images, first.images)
+                    and _same_tensor(op.labels, first.labels)):
+                raise NotStackableError("the operators measure different data")
+        return cls([op.model for op in ops], first.images, first.labels, first.chunk_size,
+                   first.loss_fn)
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.stacked.params.values())).device
+
+    @property
+    def n_samples(self) -> int:
+        return self.images.shape[0]
+
+    def matmat(self, vectors: Tensor, models: Sequence[int] | None = None) -> Tensor:
+        """H_i @ V_i for each model i of ``models`` (default: all, in order), the blocks V_i
+        stacked as (len(models), dim, k); k products per model sharing each chunk's stacked
+        forward and gradient. Returned in the vectors' dtype and device."""
+        models = list(range(self.n_models)) if models is None else [int(i) for i in models]
+        if vectors.ndim != 3 or vectors.shape[:2] != (len(models), self.dim):
+            raise ValueError(f"expected ({len(models)}, {self.dim}, k) blocks for models "
+                             f"{models}, got shape {tuple(vectors.shape)}")
+        k = vectors.shape[2]
+        out = torch.zeros_like(vectors)
+        if k == 0 or not models:
+            return out
+        n = self.n_samples
+        keep = n <= self.chunk_size
+        with torch.enable_grad():
+            for start in range(0, n, self.chunk_size):
+                trainable, pairs = self._gradients(models, start, keep)
+                weight = min(self.chunk_size, n - start) / n
+                for j in range(k):
+                    if not pairs:  # the loss is (at most) linear in every parameter here
+                        break
+                    column = self._unflatten(vectors[:, :, j], trainable)
+                    dot = sum((g * column[i]).sum() for g, i in pairs)
+                    hv = torch.autograd.grad(dot, trainable, retain_graph=keep or j < k - 1,
+                                             allow_unused=True)
+                    out[:, :, j] += weight * self._flatten(hv, trainable).to(out)
+                del trainable, pairs  # free this chunk's graph (unless kept) before the next
+        self.n_hvps += k * len(models)
+        return out
+
+    def _gradients(self, models: list[int], start: int, keep: bool
+                   ) -> tuple[list[Tensor], list[tuple[Tensor, int]]]:
+        """The stacked trainable parameters of ``models`` and their gradients (with
+        ``create_graph``) on the chunk at ``start``, as (gradient, parameter index) pairs.
+
+        With one chunk (``keep``) the gradients and their graph are kept for the next call
+        on the same models: products then cost one backward each. That is safe here, unlike
+        in :class:`HessianOperator`, because the stacked weights are this operator's own copy,
+        which nothing changes; and it costs no peak memory, since every product needs that
+        graph anyway."""
+        if keep and self._kept is not None and self._kept[0] == models:
+            return self._kept[1], self._kept[2]
+        self._kept = None  # free the graph of the models that were running before
+        params, buffers = self._select(models)
+        trainable = [params[name] for name in self.names]
+        x = self.images[start:start + self.chunk_size].to(self.device)
+        y = self.labels[start:start + self.chunk_size].to(self.device)
+        losses = self._losses(params, buffers, x, y)
+        # the models are independent: the gradient of the sum is each model's own
+        grads = torch.autograd.grad(losses.sum(), trainable, create_graph=True, allow_unused=True)
+        pairs = [(g, i) for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        if keep:
+            self._kept = (models, trainable, pairs)
+        return trainable, pairs
+
+    def _select(self, models: list[int]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The stacked state of ``models``: the stacked leaves themselves for all models,
+        else new leaves holding those rows."""
+        params, buffers = self.stacked.params, self.stacked.buffers
+        if models == list(range(self.n_models)):
+            return params, buffers
+        index = torch.tensor(models, device=self.device)
+        return ({name: t[index].detach().requires_grad_(t.requires_grad)
+                 for name, t in params.items()},
+                {name: t[index] for name, t in buffers.items()})
+
+    def _unflatten(self, v: Tensor, trainable: list[Tensor]) -> list[Tensor]:
+        v = v.to(device=self.device, dtype=trainable[0].dtype)
+        pieces, offset = [], 0
+        for p in trainable:
+            size = p[0].numel()
+            pieces.append(v[:, offset:offset + size].reshape(p.shape).to(p.dtype))
+            offset += size
+        return pieces
+
+    @staticmethod
+    def _flatten(tensors: tuple[Tensor | None, ...], trainable: list[Tensor]) -> Tensor:
+        return torch.cat([(t if t is not None else torch.zeros_like(p)).flatten(1)
+                          for t, p in zip(tensors, trainable)], dim=1)
+
+
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    return a is b or (a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+                      and bool(torch.equal(a, b)))
+
+
+def _check_same_architecture(models: Sequence[nn.Module]) -> None:
+    def layout(model: nn.Module) -> list[tuple]:
+        return ([(name, tuple(p.shape), p.dtype, p.requires_grad)
+                 for name, p in model.named_parameters()]
+                + [(name, tuple(b.shape), b.dtype) for name, b in model.named_buffers()])
+
+    first = layout(models[0])
+    for index, model in enumerate(models[1:], start=1):
+        if type(model) is not type(models[0]) or layout(model) != first:
+            raise NotStackableError(f"model {index} ({type(model).__name__}) differs from model "
+                                    f"0 ({type(models[0]).__name__}) in its parameters or "
+                                    "buffers; only models of one architecture and shape stack")
+
+
+def _run_stacked(op: StackedHessianOperator, runs: Sequence[Steps[T]]) -> list[T]:
+    """Run one estimator per model of ``op`` (``runs[i]`` for model i) in lockstep.
+
+    Each round collects the request of every estimator still running and computes them all
+    in one :meth:`StackedHessianOperator.matmat`: requests of fewer columns than the widest
+    are padded with zero columns (their products are computed and dropped), and a model whose
+    estimator has finished leaves the stack. Returns the results in model order.
+    """
+    if len(runs) != op.n_models:
+        raise ValueError(f"{len(runs)} estimators for {op.n_models} models")
+    results: list = [None] * len(runs)
+    requests: dict[int, Tensor] = {}
+
+    def advance(index: int, product: Tensor | None) -> None:
+        try:
+            requests[index] = runs[index].send(product)  # send(None) starts a generator
+        except StopIteration as stop:
+            requests.pop(index, None)
+            results[index] = stop.value
+
+    for index in range(len(runs)):
+        advance(index, None)
+    while requests:
+        active = sorted(requests)
+        blocks = [requests[i] if requests[i].ndim == 2 else requests[i][:, None] for i in active]
+        block = blocks[0].new_zeros(len(active), op.dim, max(b.shape[1] for b in blocks))
+        for row, part in enumerate(blocks):
+            block[row, :, :part.shape[1]] = part
+        products = op.matmat(block, active)
+        for row, index in enumerate(active):
+            width = blocks[row].shape[1]
+            product = products[row, :, :width]
+            advance(index, product[:, 0] if requests[index].ndim == 1 else product)
+    return results
+
+
+def _per_model(seed: int | Sequence[int], n_models: int) -> list[int]:
+    seeds = [int(seed)] * n_models if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != n_models:
+        raise ValueError(f"{len(seeds)} seeds for {n_models} models")
+    return seeds
+
+
+def stacked_hessian_metrics(
+    op: StackedHessianOperator,
+    *,
+    seed: int | Sequence[int] = 0,
+    eig_rtol: float = DEFAULT_EIG_RTOL,
+    eig_max_iter: int = DEFAULT_EIG_MAX_ITER,
+    which: Which = "LA",
+    trace_hvps: int = DEFAULT_TRACE_HVPS,
+    trace_krylov_size: int = DEFAULT_TRACE_KRYLOV,
+    trace_target_rse: float | None = DEFAULT_TRACE_TARGET_RSE,
+    trace_min_samples: int = 10,
+    dtype: torch.dtype = torch.float64,
+) -> list[dict[str, float]]:
+    """:func:`operator_hessian_metrics` of every model of ``op``, in model order.
+
+    Each model runs the same estimators with its own random vectors, drawn from ``seed`` (one
+    for all models, as the annotation uses, or one per model) exactly as it would draw them
+    alone, and stops by its own rules; only the products are computed together. The values
+    equal the one-model path's up to the rounding of the products (the grouped kernels sum in
+    another order), which may move a stopping decision by one step at a tolerance's edge.
+    """
+    options = dict(eig_rtol=eig_rtol, eig_max_iter=eig_max_iter, which=which,
+                   trace_hvps=trace_hvps, trace_krylov_size=trace_krylov_size,
+                   trace_target_rse=trace_target_rse, trace_min_samples=trace_min_samples,
+                   dtype=dtype)
+    _check_metrics_options(**options)
+    return _run_stacked(op, [_hessian_metrics_steps(op.dim, op.device, seed=s, **options)
+                             for s in _per_model(seed, op.n_models)])
+
+
+def stacked_lanczos_top_eigenvalue(
+    op: StackedHessianOperator,
+    *,
+    max_iter: int = DEFAULT_EIG_MAX_ITER,
+    rtol: float = DEFAULT_EIG_RTOL,
+    which: Which = "LA",
+    seed: int | Sequence[int] = 0,
+    dtype: torch.dtype = torch.float64,
+) -> list[EigenEstimate]:
+    """:func:`lanczos_top_eigenvalue` of every model of ``op``, in model order (``seed`` as in
+    :func:`stacked_hessian_metrics`)."""
+    max_iter = _check_budget("max_iter", max_iter)
+    if not rtol > 0:
+        raise ValueError(f"rtol must be positive, got {rtol}")
+    _check_which(which)
+    runs = _run_stacked(op, [_lanczos_steps(op.dim, op.device, max_iter=max_iter, rtol=rtol,
+                                            which=which, seed=s, dtype=dtype)
+                             for s in _per_model(seed, op.n_models)])
+    return [run.estimate for run in runs]
