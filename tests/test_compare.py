@@ -52,6 +52,30 @@ def test_two_builds_of_one_spec_agree(tiny_zoo, rebuilt_zoo):
         assert metric.mean_abs_diff == 0.0 and metric.release_std > 0
         assert metric.epochs_rebuilt == metric.epochs_release == [2]
     assert "phase" in comparison.not_in_both
+    assert comparison.checkpoints_compared == comparison.checkpoints_identical == 12 * 3
+    assert comparison.checkpoint_epochs == [0, 1, 2]
+    assert ("weights  36 of 36 checkpoints of matched models have bit-identical tensors "
+            "(epochs 0, 1, 2)") in format_comparison(comparison)
+
+
+def test_changed_weights_are_counted(tiny_zoo, rebuilt_zoo, tmp_path):
+    """One checkpoint's tensors changed (and the zoo's manifest rewritten for it): compare
+    counts one checkpoint that is not bit-identical; a zoo without a manifest says nothing."""
+    changed = Path(shutil.copytree(rebuilt_zoo, tmp_path / "changed"))
+    model = Zoo.open(changed).models[0]
+    state = model.state_dict(2)
+    state["conv1.weight"] = state["conv1.weight"] * 2
+    fmt.save_checkpoint(model.path, 2, state, model.model_args)
+    completion = fmt.read_trial_completion(model.path)
+    completion["checkpoint_sha256"] = {}  # as if trained so: the record says nothing older
+    fmt.atomic_write_json(model.path / fmt.COMPLETE_MARKER, completion)
+    manifest = fmt.read_manifest(changed)
+    manifest.set_trials({m.name: fmt.trial_record(m.path) for m in Zoo.open(changed).models})
+    fmt.write_manifest(changed, manifest)
+    comparison = compare_zoos(Zoo.open(changed), Zoo.open(tiny_zoo))
+    assert (comparison.checkpoints_identical, comparison.checkpoints_compared) == (35, 36)
+    no_manifest = _copy_with(tiny_zoo, tmp_path / "no_manifest", lambda index, row: None)
+    assert compare_zoos(Zoo.open(no_manifest), Zoo.open(tiny_zoo)).checkpoints_compared is None
 
 
 def test_perturbed_targets_are_detected(tiny_zoo, tmp_path):

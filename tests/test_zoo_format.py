@@ -227,3 +227,24 @@ def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
 
 def test_json_number_keeps_finite_values():
     assert fmt._json_number(1.5) == 1.5 and fmt._json_number(math.inf) is None
+
+
+def test_a_checkpoint_saved_in_other_processes_has_the_same_bytes(tmp_path):
+    """safetensors keeps metadata in a hash map whose order varies by process; the saved file
+    sorts it, so the same tensors give the same file and sha256 (and the metadata reads)."""
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    code = ("import sys, torch; from pathlib import Path; from wslbench import zoo_format as f; "
+            "torch.manual_seed(0); f.save_checkpoint(Path(sys.argv[1]), 3, "
+            "{'w': torch.randn(4, 3), 'b': torch.zeros(4)}, {'type': 'mlp', 'width': 4})")
+    files = []
+    for run in range(4):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / str(run))], check=True)
+        files.append(fmt.checkpoint_dir(tmp_path / str(run), 3) / fmt.SAFETENSORS_CHECKPOINT)
+    assert len({path.read_bytes() for path in files}) == 1
+    with safe_open(str(files[0]), "pt") as opened:
+        assert opened.metadata() == {"epoch": "3", "format": "wslbench-zoo",
+                                     "model_args": '{"type": "mlp", "width": 4}'}

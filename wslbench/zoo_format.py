@@ -320,6 +320,27 @@ def checkpoint_epochs(trial_dir: Path) -> list[int]:
     return sorted(epochs)
 
 
+def sorted_safetensors_metadata(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its ``__metadata__`` entries in sorted order.
+
+    The safetensors library keeps metadata in a hash map whose order changes from process to
+    process, so two saves of the same tensors could differ in bytes (and sha256). Sorting
+    the entries moves no byte of the tensors and keeps the header's length; where the
+    rewritten header would not have the same length, ``data`` is returned as it is."""
+    length = int.from_bytes(data[:8], "little")
+    raw = data[8:8 + length]
+    header = json.loads(raw)
+    metadata = header.get("__metadata__")
+    if not metadata:
+        return data
+    header["__metadata__"] = dict(sorted(metadata.items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (length - len(text))  # the library pads the header with spaces
+    if len(text) != length or json.loads(text) != json.loads(raw):
+        return data
+    return data[:8] + text + data[8 + length:]
+
+
 def save_checkpoint(
     trial_dir: Path, epoch: int, state_dict: Mapping[str, torch.Tensor],
     model_args: Mapping[str, Any],
@@ -335,10 +356,10 @@ def save_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
     torch_bytes = _torch_bytes(tensors)
-    st_bytes = save_safetensors(
+    st_bytes = sorted_safetensors_metadata(save_safetensors(
         tensors, metadata={"model_args": json.dumps(dict(model_args), sort_keys=True),
                            "epoch": str(epoch), "format": "wslbench-zoo"},
-    )
+    ))
     atomic_write_bytes(folder / TORCH_CHECKPOINT, torch_bytes)
     atomic_write_bytes(folder / SAFETENSORS_CHECKPOINT, st_bytes)
     rel = folder.name

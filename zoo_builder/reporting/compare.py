@@ -11,6 +11,9 @@ epoch for landscape and downstream metrics):
   difference per model and, as its scale, the release's standard deviation over models;
 - the phase label: the fraction of models with the same label, and of grid points with the
   same majority label (a tie goes to the label first in sorted order).
+
+And the weights: how many checkpoints of matched models, at the epochs both zoos hold, have
+bit-identical tensors (from the manifests' tensor fingerprints).
 """
 
 from __future__ import annotations
@@ -85,6 +88,12 @@ class Comparison:
     metrics: list[MetricComparison] = field(default_factory=list)
     #: targets that only one zoo holds (or neither, among the compared ones)
     not_in_both: list[str] = field(default_factory=list)
+    #: checkpoints of matched models at epochs both zoos hold, and how many of them have
+    #: bit-identical tensors (by the manifests' tensor fingerprints; None where a zoo has no
+    #: manifest to read them from)
+    checkpoints_compared: int | None = None
+    checkpoints_identical: int | None = None
+    checkpoint_epochs: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -143,7 +152,33 @@ def compare_zoos(rebuilt: Zoo, release: Zoo) -> Comparison:
             continue
         compare = _compare_labels if metric in LABEL_METRICS else _compare_numbers
         comparison.metrics.append(compare(metric, pairs))
+    _compare_weights(comparison, rebuilt, release, [(ours[k], theirs[k]) for k in matched])
     return comparison
+
+
+def _tensor_fingerprints(zoo: Zoo, model: ModelRecord) -> dict[str, str] | None:
+    """Checkpoint folder -> tensors fingerprint, as the zoo's manifest records them."""
+    if zoo.manifest is None or model.name not in zoo.manifest.trials:
+        return None
+    return zoo.manifest.trials[model.name].get("content", {}).get("tensors")
+
+
+def _compare_weights(comparison: Comparison, rebuilt: Zoo, release: Zoo,
+                     pairs: list[tuple[ModelRecord, ModelRecord]]) -> None:
+    """Count the checkpoints of matched models, at the epochs both hold, whose tensors are
+    bit-identical (the weights themselves, not the files: blind to metadata)."""
+    compared = identical = 0
+    epochs: set[str] = set()
+    for ours, theirs in pairs:
+        a, b = _tensor_fingerprints(rebuilt, ours), _tensor_fingerprints(release, theirs)
+        if a is None or b is None:
+            return
+        for folder in sorted(set(a) & set(b)):
+            compared += 1
+            identical += a[folder] == b[folder]
+            epochs.add(folder)
+    comparison.checkpoints_compared, comparison.checkpoints_identical = compared, identical
+    comparison.checkpoint_epochs = sorted(int(folder.rpartition("_")[2]) for folder in epochs)
 
 
 def _base(metric: str, pairs: dict) -> dict[str, Any]:
@@ -216,8 +251,12 @@ def format_comparison(comparison: Comparison) -> str:
         f"{c.grid_points_only_release} only in the release; unmatched seeds of matched grid "
         f"points: {c.models_only_rebuilt} only in the rebuild, {c.models_only_release} only in "
         "the release",
-        "",
     ]
+    if c.checkpoints_compared is not None:
+        lines.append(f"weights  {c.checkpoints_identical} of {c.checkpoints_compared} checkpoints "
+                     "of matched models have bit-identical tensors (epochs "
+                     f"{', '.join(map(str, c.checkpoint_epochs)) or 'none in common'})")
+    lines.append("")
     header = (f"{'metric':<27} {'models':>6} {'points':>6} {'spearman':>8} {'MAD':>10} "
               f"{'release std':>11} {'MAD/std':>7}  epochs (rebuilt / release)")
     lines += [header, "-" * len(header)]
