@@ -113,7 +113,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     from zoo_builder.annotating.annotate import LANDSCAPE_GROUPS, AnnotationSettings, annotate_zoo
 
     settings = AnnotationSettings(
-        hessian_samples=args.hessian_samples, mc_steps=args.mc_steps,
+        hessian_samples=args.hessian_samples, hessian_seed_batch=args.hessian_seed_batch,
+        mc_steps=args.mc_steps,
         mc_batch_size=args.mc_batch_size, cka_samples=args.cka_samples,
         average_window=args.average_window, prune_sparsities=tuple(args.prune_sparsities),
         prune_finetune_epochs=args.prune_finetune_epochs, transfer_dataset=args.transfer_dataset,
@@ -288,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--hessian-samples", type=int, default=defaults.hessian_samples,
                           help="training samples in the fixed Hessian subset (token windows "
                                "for language models; PINNs use all their points)")
+    annotate.add_argument("--no-hessian-seed-batch", dest="hessian_seed_batch",
+                          action="store_false",
+                          help="measure each model's Hessian alone instead of the seeds of a "
+                               "grid point in one stacked pass (same values up to rounding)")
     annotate.add_argument("--mc-steps", type=int, default=defaults.mc_steps,
                           help="optimizer steps of Bezier curve training per seed pair "
                                "(default: the spec's curve_steps, else the reference's 3,900)")
