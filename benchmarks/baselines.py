@@ -3,9 +3,9 @@ interval over test grid points) and wall time.
 
 Run from the repository root (with the project's venv active)::
 
-    python benchmarks/baselines.py                                   # mini digits + shakespeare zoos
-    python benchmarks/baselines.py --zoos digits-resnet18:mini --baselines linear-probe gmn
-    python benchmarks/baselines.py --zoos digits-resnet18-bench      # the released zoo, as it is
+    python benchmarks/baselines.py                                   # the released zoo, iid
+    python benchmarks/baselines.py --splits iid ood-width ood-temperature epochs
+    python benchmarks/baselines.py --zoos digits-resnet18:mini shakespeare-gpt2:default --baselines gmn
     python benchmarks/baselines.py --write-leaderboard               # also store the results
 
 Each zoo is built (and, for image zoos, annotated with landscape metrics and phases) once
@@ -48,7 +48,8 @@ BASELINES = ("linear-probe", "stat-gbm", "stat-mlp", "flat-mlp", "gmn")
 #: The methods of recent papers (issue 16): not run by default (probegen runs every model, for
 #: minutes per task); name them with ``--baselines``. Tables order them after BASELINES.
 RECENT_METHODS = ("probegen", "nfn", "spectral-mlp", "spectral-free")
-ZOOS = ("digits-resnet18:mini", "shakespeare-gpt2:default")
+#: The released zoo (as it is, nothing built); ``spec:preset`` names a zoo to build and annotate.
+ZOOS = ("digits-resnet18-bench",)
 LEADERBOARD_DIR = Path(__file__).resolve().parents[1] / "leaderboards"
 
 #: What the leaderboard says about each baseline: a description, the paper it follows and
@@ -230,7 +231,9 @@ def submit_baseline(result: EvaluationResult, board: Path = LEADERBOARD_DIR) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    parser.add_argument("--zoos", nargs="+", default=list(ZOOS), help="spec:preset of each zoo")
+    parser.add_argument("--zoos", nargs="+", default=list(ZOOS),
+                        help="a release name or folder (used as it is), or spec:preset (built "
+                             "and annotated under --cache)")
     parser.add_argument("--baselines", nargs="+", default=list(BASELINES), choices=PREDICTORS.names())
     parser.add_argument("--tasks", nargs="+", default=TASKS.names(), choices=TASKS.names())
     parser.add_argument("--splits", nargs="+", default=["iid"], choices=SPLITS.names())
