@@ -5,6 +5,7 @@ Run from the repository root (with the project's venv active)::
     python benchmarks/hessian.py                          # ResNet-18 width 1, 128 samples (~3 min)
     python benchmarks/hessian.py --samples 512 --repeats 100      # the pipeline's subset size
     python benchmarks/hessian.py --trial ZOO/TRIAL_DIR --epoch 150  # a zoo model instead
+    python benchmarks/hessian.py --seed-batch --widths 4 8 --epochs 10  # seed-batched annotation
 
 The model (by default ResNet-18 of width 1 trained here for a few epochs on the digits; or a
 zoo trial's checkpoint) and a fixed subset of its training data define one loss Hessian. It
@@ -28,6 +29,13 @@ Reported, product counts ("HVPs", one per vector over the whole subset):
 The ratio column divides the reference's count by ours; the target is 3x. The run uses one
 thread by default (``--threads``): the products are many small ops, and on a shared machine
 a second thread mostly waits.
+
+``--seed-batch`` measures something else: the Hessian work of annotating one digits grid point
+(``--seeds`` ResNet-18s of each of ``--widths``, trained here), as the annotation does it
+(``AnnotationSettings``' budgets: 200 samples, top eigenvalue and trace on training data, top
+eigenvalue on test data; oneDNN off), one model at a time and seed-batched
+(:class:`StackedHessianOperator`), side by side: wall and CPU seconds, their ratio, and the
+largest relative difference between the two paths' values.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from zoo_builder.data import load_dataset
 from zoo_builder.annotating.landscape.hessian import (
     HessianOperator,
     MatrixOperator,
+    StackedHessianOperator,
     TraceEstimate,
     fixed_subset,
     hessian_metrics,
@@ -55,7 +64,10 @@ from zoo_builder.annotating.landscape.hessian import (
     hutchpp_trace,
     krylov_deflated_trace,
     lanczos_top_eigenvalue,
+    operator_hessian_metrics,
     power_iteration_top_eigenvalue,
+    stacked_hessian_metrics,
+    stacked_lanczos_top_eigenvalue,
 )
 from zoo_builder.models import build_model, load_weights, resnet18
 
@@ -207,12 +219,77 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-hvps", type=int, default=500, help="largest Hutchinson budget")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed-batch", action="store_true",
+                        help="time one grid point's annotation Hessians, one model at a time "
+                             "against seed-batched")
+    parser.add_argument("--widths", type=int, nargs="+", default=[4, 8],
+                        help="--seed-batch: ResNet-18 widths, one grid point each")
+    parser.add_argument("--seeds", type=int, default=3, help="--seed-batch: seeds per grid point")
     return parser.parse_args()
+
+
+def grid_point_hessians(models: list[nn.Module], data, batched: bool) -> list[dict[str, float]]:
+    """The annotation's Hessian values of each model (``AnnotationSettings``' defaults)."""
+    from zoo_builder.annotating.annotate import AnnotationSettings
+
+    settings = AnnotationSettings()
+    parts = {part: fixed_subset(x, y, settings.hessian_samples, settings.seed)
+             for part, (x, y) in (("train", (data.train_x, data.train_y)),
+                                  ("val", (data.test_x, data.test_y)))}
+    parts = {part: (data.normalize(x), y) for part, (x, y) in parts.items()}
+    budgets = dict(seed=settings.seed, eig_max_iter=settings.hessian_eig_max_iter,
+                   trace_hvps=settings.hessian_trace_hvps)
+    if batched:
+        train = stacked_hessian_metrics(StackedHessianOperator(models, *parts["train"]),
+                                        **budgets)
+        val = stacked_lanczos_top_eigenvalue(StackedHessianOperator(models, *parts["val"]),
+                                             max_iter=settings.hessian_eig_max_iter,
+                                             seed=settings.seed)
+    else:
+        train = [operator_hessian_metrics(HessianOperator(m, *parts["train"]), **budgets)
+                 for m in models]
+        val = [lanczos_top_eigenvalue(HessianOperator(m, *parts["val"]),
+                                      max_iter=settings.hessian_eig_max_iter, seed=settings.seed)
+               for m in models]
+    return [{**metrics, "hessian_top_ev_val": top.value, "hessian_top_ev_val_hvps": top.n_hvps}
+            for metrics, top in zip(train, val)]
+
+
+def seed_batch_benchmark(args: argparse.Namespace) -> None:
+    """One grid point per width: its seeds' annotation Hessians both ways, side by side."""
+    torch.backends.mkldnn.enabled = False  # as annotation runs on a CPU (see annotate.py)
+    data = load_dataset("digits")
+    print(f"SEED-BATCHED ANNOTATION HESSIANS: digits, ResNet-18, {args.seeds} seeds trained "
+          f"{args.epochs} epochs, {args.threads} thread(s); top eigenvalue + trace (train), "
+          "top eigenvalue (test)")
+    print(f"{'width':>5} {'params':>7} {'HVPs':>5} {'one at a time':>18} {'seed-batched':>18} "
+          f"{'ratio':>13} {'max rel. diff':>14}")
+    print(f"{'':>5} {'':>7} {'':>5} {'wall s (CPU s)':>18} {'wall s (CPU s)':>18} "
+          f"{'wall (CPU)':>13} {'of the values':>14}")
+    for width in args.widths:
+        models = [train_model(width, args.epochs, args.seed + s, data)
+                  for s in range(args.seeds)]
+        timings, values = {}, {}
+        for batched in (False, True):
+            wall, cpu = time.perf_counter(), time.process_time()
+            values[batched] = grid_point_hessians(models, data, batched)
+            timings[batched] = (time.perf_counter() - wall, time.process_time() - cpu)
+        diff = max(abs(b[key] - a[key]) / max(abs(a[key]), 1e-12)
+                   for a, b in zip(values[False], values[True])
+                   for key in ("hessian_top_ev", "hessian_trace", "hessian_top_ev_val"))
+        hvps = sum(v["hessian_trace_hvps"] + v["hessian_top_ev_val_hvps"] for v in values[False])
+        (wall1, cpu1), (wall2, cpu2) = timings[False], timings[True]
+        print(f"{width:>5} {sum(p.numel() for p in models[0].parameters()):>7} {hvps:>5} "
+              f"{f'{wall1:.1f} ({cpu1:.1f})':>18} {f'{wall2:.1f} ({cpu2:.1f})':>18} "
+              f"{f'{wall1 / wall2:.2f}x ({cpu1 / cpu2:.2f}x)':>13} {diff:>14.1e}", flush=True)
 
 
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.seed_batch:
+        seed_batch_benchmark(args)
+        return
     started = time.perf_counter()
     if args.trial is not None:
         model, dataset = load_trial(args.trial, args.epoch)

@@ -1031,36 +1031,48 @@ def _check_same_architecture(models: Sequence[nn.Module]) -> None:
 def _run_stacked(op: StackedHessianOperator, runs: Sequence[Steps[T]]) -> list[T]:
     """Run one estimator per model of ``op`` (``runs[i]`` for model i) in lockstep.
 
-    Each round collects the request of every estimator still running and computes them all
-    in one :meth:`StackedHessianOperator.matmat`: requests of fewer columns than the widest
-    are padded with zero columns (their products are computed and dropped), and a model whose
-    estimator has finished leaves the stack. Returns the results in model order.
+    Each round computes, in one :meth:`StackedHessianOperator.matmat` for every model whose
+    estimator still runs, the next columns of its pending request, as many as the narrowest
+    request has left: a block of ten Hutchinson samples is served over several rounds while
+    another model takes its single Lanczos steps, so no product is computed in vain. A request
+    is answered once all its columns are done; a model whose estimator has finished leaves
+    the stack. Returns the results in model order.
     """
     if len(runs) != op.n_models:
         raise ValueError(f"{len(runs)} estimators for {op.n_models} models")
     results: list = [None] * len(runs)
-    requests: dict[int, Tensor] = {}
+    requests: dict[int, Tensor] = {}  # each model's pending request, as a (dim, k) block
+    flat: dict[int, bool] = {}  # whether it asked with a flat vector (one product)
+    done: dict[int, list[Tensor]] = {}  # the products of its first columns so far
 
     def advance(index: int, product: Tensor | None) -> None:
         try:
-            requests[index] = runs[index].send(product)  # send(None) starts a generator
+            request = runs[index].send(product)  # send(None) starts a generator
+            while request.ndim == 2 and request.shape[1] == 0:
+                request = runs[index].send(torch.zeros_like(request))
         except StopIteration as stop:
             requests.pop(index, None)
             results[index] = stop.value
+            return
+        flat[index] = request.ndim == 1
+        requests[index] = request[:, None] if flat[index] else request
+        done[index] = []
 
     for index in range(len(runs)):
         advance(index, None)
     while requests:
         active = sorted(requests)
-        blocks = [requests[i] if requests[i].ndim == 2 else requests[i][:, None] for i in active]
-        block = blocks[0].new_zeros(len(active), op.dim, max(b.shape[1] for b in blocks))
-        for row, part in enumerate(blocks):
-            block[row, :, :part.shape[1]] = part
+        offsets = [sum(part.shape[1] for part in done[i]) for i in active]
+        width = min(requests[i].shape[1] - offset for i, offset in zip(active, offsets))
+        block = torch.stack([requests[i][:, offset:offset + width].to(requests[active[0]])
+                             for i, offset in zip(active, offsets)])
         products = op.matmat(block, active)
         for row, index in enumerate(active):
-            width = blocks[row].shape[1]
-            product = products[row, :, :width]
-            advance(index, product[:, 0] if requests[index].ndim == 1 else product)
+            done[index].append(products[row])
+            if offsets[row] + width == requests[index].shape[1]:
+                product = torch.cat(done[index], dim=1) if len(done[index]) > 1 \
+                    else done[index][0]
+                advance(index, product[:, 0] if flat[index] else product)
     return results
 
 
