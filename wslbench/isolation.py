@@ -118,18 +118,21 @@ class CheckpointStage:
     path) nor their name leads to a model's trial folder: not to its result.json (the
     targets) nor to its trial name (the hyperparameters). Files are copies (a copy-on-write
     clone where the file system offers one), never hard links, so writing into them cannot
-    reach the zoo; the folder is removed when the stage closes. A stage holds a lock on its
-    folder while it is open, so the folders of runs that were killed (no lock holder) are
-    removed when the next stage opens.
+    reach the zoo; the folder is removed when the stage closes. A stage holds a lock file
+    beside its folder (``run-XXXX.lock``, outside what the predictor is given) while it is
+    open, so the folders of runs that were killed (no lock holder) are removed when the next
+    stage opens.
     """
 
-    LOCK = ".owner.lock"
+    @staticmethod
+    def lock_path(folder: Path) -> Path:
+        return folder.with_name(folder.name + ".lock")
 
     def __init__(self, base: Path | None = None):
         base = Path(base) if base is not None else cache_dir() / "stage"
         base.mkdir(parents=True, exist_ok=True)
         self.folder = Path(tempfile.mkdtemp(prefix="run-", dir=base))
-        self._lock = open(self.folder / self.LOCK, "w")
+        self._lock = open(self.lock_path(self.folder), "w")
         fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         remove_abandoned_stages(base, keep=self.folder)
         self.sources: dict[str, Path] = {}  # opaque name -> trial folder, for error messages
@@ -165,6 +168,7 @@ class CheckpointStage:
 
     def close(self) -> None:
         _remove_stage_folder(self.folder)
+        self.lock_path(self.folder).unlink(missing_ok=True)
         self._lock.close()
 
     def __enter__(self) -> "CheckpointStage":
@@ -190,7 +194,7 @@ def remove_abandoned_stages(base: Path, keep: Path | None = None) -> list[Path]:
     for folder in base.glob("run-*"):
         if folder == keep or not folder.is_dir() or time.time() - folder.stat().st_mtime < 60:
             continue
-        lock_path = folder / CheckpointStage.LOCK
+        lock_path = CheckpointStage.lock_path(folder)
         if lock_path.exists():
             try:
                 with open(lock_path) as lock:
@@ -200,6 +204,7 @@ def remove_abandoned_stages(base: Path, keep: Path | None = None) -> list[Path]:
         elif time.time() - folder.stat().st_mtime < 3600:
             continue  # maybe a stage between mkdtemp and its lock
         _remove_stage_folder(folder)
+        lock_path.unlink(missing_ok=True)
         removed.append(folder)
     if removed:
         log.info("removed %d stage folder(s) of runs that were killed, under %s",
