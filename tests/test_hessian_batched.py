@@ -167,3 +167,24 @@ def test_annotation_seed_batched_by_default_equals_one_at_a_time(tmp_path, monke
                 assert row[key] == expected[key], key
             elif "uncertainty" not in key and math.isfinite(expected[key]):
                 assert row[key] == pytest.approx(expected[key], rel=1e-4), key
+
+
+def test_stacked_metrics_equal_per_model_metrics_gpt_next_token_loss():
+    """The language problem's operator: GPT (tied embedding and head) on math attention, the
+    next-token loss over token windows in two chunks."""
+    from zoo_builder.annotating.landscape.problems import next_token_loss
+    from zoo_builder.models.gpt import gpt2
+
+    generator = torch.Generator().manual_seed(0)
+    tokens, targets = (torch.randint(0, 17, (4, 6), generator=generator) for _ in range(2))
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(MathAttention(gpt2(model_dim=8, vocab_size=17, block_size=6, n_layer=1,
+                                         n_head=2)).eval())
+    ops = [HessianOperator(m, tokens, targets, chunk_size=2, loss_fn=next_token_loss)
+           for m in models]
+    alone = [operator_hessian_metrics(op, **BUDGETS) for op in ops]
+    batched = stacked_hessian_metrics(StackedHessianOperator.from_operators(ops), **BUDGETS)
+    for one, many in zip(alone, batched):
+        assert_same_metrics(one, many)
