@@ -188,3 +188,19 @@ def test_stacked_metrics_equal_per_model_metrics_gpt_next_token_loss():
     batched = stacked_hessian_metrics(StackedHessianOperator.from_operators(ops), **BUDGETS)
     for one, many in zip(alone, batched):
         assert_same_metrics(one, many)
+
+
+def test_an_image_problem_takes_the_hessian_of_a_vit():
+    """The image classifiers' Hessian runs attention on the math kernel: the fused CPU kernel
+    has no double backward, which made ViT zoos fail to annotate."""
+    from zoo_builder.annotating.landscape.problems import ImageClassificationLandscape
+    from zoo_builder.data import load_dataset
+
+    data = load_dataset("digits")
+    problem = ImageClassificationLandscape({}, data, samples=16)
+    torch.manual_seed(0)
+    model = vit(embedding_dim=12, num_classes=10, in_channels=1, image_size=8, patch_size=4,
+                depth=1, heads=2)
+    operator = problem.hessian_operator(model.eval(), "train")
+    vector = torch.randn(operator.dim)
+    assert torch.isfinite(operator.matvec(vector)).all()

@@ -181,7 +181,9 @@ class ImageClassificationLandscape(LandscapeProblem):
         images, labels = ((self.data.train_x, self.data.train_y) if part == "train"
                           else (self.data.test_x, self.data.test_y))
         x, y = fixed_subset(images, labels, self.samples, self.seed)
-        return HessianOperator(model, self.data.normalize(x), y)
+        # MathAttention: a ViT's fused attention kernel has no double backward (a no-op for
+        # ResNets, which have no attention).
+        return HessianOperator(MathAttention(model), self.data.normalize(x), y)
 
     def representation(self, model: nn.Module) -> Tensor:
         from zoo_builder.annotating.landscape.cka import model_logits
