@@ -157,7 +157,7 @@ def test_a_task_whose_target_no_model_records_says_it_does_not_apply(tiny_zoo, c
                           str(tiny_zoo), "--seeds", "0"]) == 2
     err = capsys.readouterr().err
     assert "task 'test_rel_l2' does not apply to zoo 'digits-resnet18'" in err
-    assert "records test_rel_l2_error" in err and "wslbench ls tasks" in err
+    assert "records test_rel_l2_error in its training log" in err and "wslbench ls tasks" in err
 
 
 def test_a_predictor_that_does_not_apply_says_so_across_the_process_boundary(tiny_zoo):

@@ -110,6 +110,8 @@ def test_quickstart_evaluates_the_release(registry, nothing_built, monkeypatch, 
                         r"'phase_v3' in this zoo \(annotation missing\)", rows["phase@v3"])
     assert "not scored: no train model has the target 'wiseft_acc_test_delta'" \
         in rows["wiseft_gain@v1"]
+    assert rows["test_rel_l2@v1"].endswith(
+        "not scored: does not apply: no model of this zoo records 'test_rel_l2_error'")
     assert "value: mean over seeds [95% bootstrap interval over test grid points]" in out
     assert re.search(r"quickstart finished in \d+s", out)
 
