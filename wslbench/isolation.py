@@ -119,7 +119,7 @@ class CheckpointStage:
     targets) nor to its trial name (the hyperparameters). Files are copies (a copy-on-write
     clone where the file system offers one), never hard links, so writing into them cannot
     reach the zoo; the folder is removed when the stage closes. A stage holds a lock file
-    beside its folder (``run-XXXX.lock``, outside what the predictor is given) while it is
+    beside its folder (the folder name plus ``.lock``, outside what the predictor is given) while it is
     open, so the folders of runs that were killed (no lock holder) are removed when the next
     stage opens.
     """
