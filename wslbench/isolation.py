@@ -118,10 +118,10 @@ class CheckpointStage:
     path) nor their name leads to a model's trial folder: not to its result.json (the
     targets) nor to its trial name (the hyperparameters). Files are copies (a copy-on-write
     clone where the file system offers one), never hard links, so writing into them cannot
-    reach the zoo; the folder is removed when the stage closes. A stage holds a lock file
-    beside its folder (the folder name plus ``.lock``, outside what the predictor is given) while it is
-    open, so the folders of runs that were killed (no lock holder) are removed when the next
-    stage opens.
+    reach the zoo; the folder is removed when the stage closes. While it is open, a stage
+    holds a lock file beside its folder (the folder's name plus ``.lock``, outside what the
+    predictor is given), so the folders of runs that were killed (no lock holder) are removed
+    when the next stage opens.
     """
 
     @staticmethod
