@@ -68,6 +68,8 @@ def test_a_measured_release_is_announced_with_its_time(registry, monkeypatch):
     (record,) = read_index(registry)
     monkeypatch.setattr(quickstart, "MEASURED_MINUTES", {record.reference: 1.7})
     assert "; this takes about 2 minutes on 2 CPU cores." in quickstart.announce_release(record)
+    monkeypatch.setattr(quickstart, "MEASURED_MINUTES", {record.reference: 1.0})
+    assert "; this takes about 1 minute on 2 CPU cores." in quickstart.announce_release(record)
     assert "digits-resnet18-bench@v1" in quickstart.MEASURED_MINUTES  # the committed release
 
 

@@ -99,8 +99,11 @@ def announce_release(record: "ReleaseRecord") -> str:
     else:
         where = "not on this machine"
     minutes = MEASURED_MINUTES.get(record.reference)
-    took = (f"this takes about {minutes:.0f} minutes on 2 CPU cores" if minutes is not None
-            else "its time on 2 CPU cores is not measured yet")
+    if minutes is None:
+        took = "its time on 2 CPU cores is not measured yet"
+    else:
+        rounded = max(1, round(minutes))
+        took = f"this takes about {rounded} minute{'s' if rounded != 1 else ''} on 2 CPU cores"
     return (f"Evaluating the linear probe ({QUICKSTART_MODEL}) on every task of the released "
             f"zoo {record.name} v{record.version} ({record.num_models} models, revision "
             f"{record.revision[:12]}, {where}) on its {QUICKSTART_SPLIT} split; {took}. "
