@@ -349,6 +349,48 @@ def test_a_child_that_dies_gives_its_exit_code_and_last_stderr_lines(zoo_root, t
     assert "'" + str(tmp_path / "probe.py") in err
 
 
+SLOW_TO_EXIT = '''
+import atexit
+import os
+import time
+
+MARK = {mark!r}
+
+
+def _leave_slowly():
+    time.sleep(3)
+    with open(MARK, "w") as handle:
+        handle.write(str(os.getpid()))
+
+
+atexit.register(_leave_slowly)
+
+
+class SlowToExit:
+    def fit(self, train, train_targets, val, val_targets):
+        pass
+
+    def predict(self, models):
+        return [0.5] * len(models)
+'''
+
+
+def test_the_parent_scores_once_answered_and_the_child_still_shuts_down_cleanly(
+        zoo_root, tmp_path, capsys):
+    """The parent does not wait for the child's exit (tearing down torch takes ~0.5 s),
+    and does not kill it either: the predictor's exit handlers still run."""
+    mark = tmp_path / "exit-handler-ran"
+    code, _ = _evaluate_file(tmp_path, SLOW_TO_EXIT.format(mark=str(mark)), zoo_root,
+                             capsys=capsys)
+    assert code == 0
+    assert not mark.exists()  # evaluate returned while the child was still in its handler
+    for _ in range(200):
+        if mark.exists() and mark.read_text():
+            break
+        time.sleep(0.1)
+    assert mark.read_text().isdigit()
+
+
 def test_a_broken_checkpoint_is_named_in_the_zoo_not_the_stage(tmp_path, capsys):
     root = write_published_zoo(tmp_path / "published")  # no manifest: no integrity check
     broken = sorted(root.glob("*/checkpoint_*/checkpoints"))[0]

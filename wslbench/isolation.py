@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import select
 import shutil
 import signal
 import stat
@@ -264,21 +265,29 @@ class PredictorProcess:
         env = child_environment(self.zoo_roots)
         sys_path = [path for path in (os.path.abspath(p or os.curdir) for p in sys.path)
                     if not any(_related(Path(path), root) for root in self.zoo_roots)]
+        # The child writes a byte here once its answer file is complete, so that the
+        # parent need not wait for it to exit (an interpreter with torch takes ~0.5 s to
+        # shut down); the pipe's end-of-file without a byte means it stopped unanswered.
+        self._answered_read, answered_write = os.pipe()
+        self.answered = False
         self._hidden.__enter__()
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "wslbench.predictor_child"], stdin=subprocess.PIPE,
                 stderr=subprocess.PIPE, env=env,
-                cwd=workdir, close_fds=True)
+                cwd=workdir, close_fds=True, pass_fds=(answered_write,))
         except BaseException:
             self._hidden.__exit__(None, None, None)
+            os.close(self._answered_read)
             raise
+        finally:
+            os.close(answered_write)
         self._reader = threading.Thread(target=self._forward_stderr, daemon=True)
         self._reader.start()
         self._send({"predictor": self.reference, "file": self.file,
                     "sys_path": sys_path,
                     **_torch_settings(),
-                    "answer": str(self.answer_path)})
+                    "answer": str(self.answer_path), "answered_fd": answered_write})
 
     def _working_dir(self) -> str:
         """The user's working directory, unless a zoo lies in it or it lies in a zoo: then
@@ -315,6 +324,7 @@ class PredictorProcess:
             self._tail.extend(line for line in lines if line.strip())
         if partial.strip():
             self._tail.append(partial)
+        stream.close()
 
     def run(self, job: Mapping[str, Any], stage: CheckpointStage) -> dict[str, Any]:
         """Send ``job``, wait for the child, and return its answer (identity and encoded
@@ -322,13 +332,17 @@ class PredictorProcess:
         self._send({**job, "stage": str(stage.folder), "device": self.device})
         self.process.stdin.close()
         try:
-            code = self.process.wait()
+            self.answered = self._wait_answered()
+            answer = self._read_answer() if self.answered else None
+            if answer is None:
+                code = self.process.wait()
         except BaseException:  # Ctrl-C: take the child down too
             self.process.kill()
             self.process.wait()
             raise
-        self._reader.join(timeout=5)
-        answer = self._read_answer()
+        if answer is None:
+            self._reader.join(timeout=5)  # the last lines of its stderr
+            answer = self._read_answer()
         if answer is None:
             raise PredictorProcessError(stage.in_zoo_terms(self._death(code)))
         if not answer["ok"]:
@@ -341,6 +355,18 @@ class PredictorProcess:
             raise PredictorError(stage.in_zoo_terms(self._describe(error)),
                                  details) from ChildTraceback(details)
         return answer
+
+    def _wait_answered(self) -> bool:
+        """Block until the child says its answer is written (True) or stops without saying
+        so (False). The pipe alone could stay open after the child's death, held by a
+        process the predictor started, so the child's exit is checked as well."""
+        while True:
+            ready, _, _ = select.select([self._answered_read], [], [], 0.5)
+            if ready:
+                return os.read(self._answered_read, 1) == b"1"
+            if self.process.poll() is not None:
+                ready, _, _ = select.select([self._answered_read], [], [], 0)
+                return bool(ready) and os.read(self._answered_read, 1) == b"1"
 
     def _read_answer(self) -> dict[str, Any] | None:
         try:
@@ -381,15 +407,19 @@ class PredictorProcess:
                 f"{error['message']}{at}\n({VERBOSE_HINT})")
 
     def close(self) -> None:
-        if self.process.poll() is None:  # the parent stopped before the job ended: no use
-            self.process.kill()          # waiting for a child that may still be importing
+        """Stop the child unless it answered: one that answered is shutting down (its
+        ``atexit`` handlers run), which the parent does not wait for; one that did not is of
+        no use (the parent stopped before the job ended, e.g. on a broken zoo)."""
+        if not self.answered and self.process.poll() is None:
+            self.process.kill()
             self.process.wait()
         try:
             self.process.stdin.close()
         except OSError:
             pass
-        self._reader.join(timeout=5)
-        self.process.stderr.close()
+        os.close(self._answered_read)
+        if self.process.poll() is not None:
+            self._reader.join(timeout=5)  # it closes the stderr pipe at its end
         self._hidden.__exit__(None, None, None)
         shutil.rmtree(self._answer_dir, ignore_errors=True)
 
