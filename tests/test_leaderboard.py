@@ -311,6 +311,26 @@ def test_render_sorts_rows_by_the_main_score_and_escapes_names(board, results, t
     assert page.count('<table class="leaderboard"') == 2
 
 
+def test_render_says_whether_a_zoo_revision_is_a_release(board, tiny_zoo, tmp_path,
+                                                          monkeypatch):
+    root = Path(shutil.copytree(board, tmp_path / "leaderboards"))
+    monkeypatch.setenv("WSLBENCH_RELEASES", str(tmp_path / "no-releases"))
+    markdown, page = (lb.render(root)[root / name] for name in ("README.md", "index.html"))
+    assert "Not a release: a zoo built by the maintainers" in markdown
+    assert "Not a release" in page
+
+    revision = Zoo.open(tiny_zoo).revision
+    (tmp_path / "registry").mkdir()
+    (tmp_path / "registry" / "index.json").write_text(json.dumps({"format_version": 1, "releases": [
+        {"name": "tiny-digits", "version": 2, "revision": revision, "spec": "digits-resnet18",
+         "preset": "tiny", "num_models": 4, "epochs": [1], "size_bytes": 1,
+         "created": "2026-12-03T00:00:00+00:00", "path": "tiny-digits/v2"}]}))
+    monkeypatch.setenv("WSLBENCH_RELEASES", str(tmp_path / "registry"))
+    markdown, page = (lb.render(root)[root / name] for name in ("README.md", "index.html"))
+    assert "Released as tiny-digits v2 (`--zoo tiny-digits@v2`)." in markdown
+    assert "(<code>--zoo tiny-digits@v2</code>)" in page and "Not a release" not in markdown
+
+
 def test_render_names_the_test_zoo_of_a_cross_zoo_split(board, tiny_zoo, tmp_path,
                                                         monkeypatch):
     monkeypatch.setenv("WSLBENCH_CACHE", str(tmp_path / "cache"))

@@ -192,6 +192,26 @@ def _zoo_heading(zoo: str, revision: str, tables: Tables) -> str:
     return f"{zoo} ({which} revision, {revision[:8]})"
 
 
+def _where_from(revision: str) -> str:
+    """How a reader gets the zoo of ``revision``: the release that holds it, or that no
+    release does (then only a bit-identical rebuild reproduces it)."""
+    from wslbench.releases import read_index
+
+    for record in read_index():
+        if record.revision == revision:
+            return (f"Released as {record.name} v{record.version} (`--zoo "
+                    f"{record.name}@v{record.version}`).")
+    return ("Not a release: a zoo built by the maintainers; a rebuild of its spec gets this "
+            "revision only where training comes out bit-identical (docs/releases.md), and "
+            "results on another revision go to another table.")
+
+
+def _html_code(text: str) -> str:
+    """``text`` escaped for HTML, its `backquoted` parts as <code>."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{part}</code>" if i % 2 else part for i, part in enumerate(parts))
+
+
 def render_markdown(entries: Sequence[Entry], references: Mapping[str, Reference]) -> str:
     """leaderboards/README.md: how to submit, then a sorted table per zoo, split and task."""
     lines = [
@@ -220,7 +240,7 @@ def render_markdown(entries: Sequence[Entry], references: Mapping[str, Reference
         reference = references[revision]
         lines += [f"## {_md(_zoo_heading(zoo, revision, tables))}", "",
                   f"{reference.zoo.n_models} models, zoo revision "
-                  f"`{reference.zoo.revision[:16]}`.", ""]
+                  f"`{reference.zoo.revision[:16]}`. {_where_from(revision)}", ""]
         for split, tasks in splits.items():
             lines += [f"### {_md(zoo)} · split {_md(split)}", "",
                       _md(_split_about(reference.splits[split])) + ".", ""]
@@ -302,7 +322,8 @@ def render_html(entries: Sequence[Entry], references: Mapping[str, Reference]) -
         out += [f'<section class="zoo" id="{esc(zoo)}-{esc(revision[:16])}">',
                 f"<h2>{esc(_zoo_heading(zoo, revision, tables))}</h2>",
                 f'<p class="meta">{reference.zoo.n_models} models, zoo revision '
-                f"<code>{esc(reference.zoo.revision[:16])}</code></p>"]
+                f"<code>{esc(reference.zoo.revision[:16])}</code>. "
+                f"{_html_code(_where_from(revision))}</p>"]
         for split, tasks in splits.items():
             out += [f"<h3>{esc(zoo)} · split {esc(split)}</h3>",
                     f'<p class="meta">{esc(_split_about(reference.splits[split]))}</p>']
