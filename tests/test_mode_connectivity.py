@@ -14,8 +14,9 @@ from wslbench import zoo_format as fmt
 from zoo_builder.data import ImageData, load_dataset
 from zoo_builder.data.images import Augmentation
 from zoo_builder.annotating.landscape.batchnorm import recompute_batchnorm_statistics
+from zoo_builder.annotating.landscape.problems import ImageClassificationLandscape
 from zoo_builder.annotating.landscape.mode_connectivity import (
-    ModeConnectivityResult, bezier_mode_connectivity, bezier_point, curve_connectivity,
+    EndValues, ModeConnectivityResult, bezier_mode_connectivity, bezier_point, curve_connectivity,
     curve_learning_rate,
 )
 from zoo_builder.models import build_model, resnet18
@@ -207,6 +208,34 @@ def test_curve_training_is_seeded_and_takes_an_augmentation(digits):
     assert runs[0].curves["train_loss"] == runs[1].curves["train_loss"]
     assert runs[0].curves["train_loss"][1] != runs[2].curves["train_loss"][1]
     assert runs[0].curves["train_loss"][0] == runs[2].curves["train_loss"][0]
+
+
+def test_the_seed_pairs_of_a_grid_point_measure_each_end_once_with_the_same_values(digits):
+    """EndValues: three seeds, three curves, six ends but three models: three end
+    measurements, and every curve equals the one measured without sharing, bit for bit."""
+    n = 256
+    small = ImageData(digits.train_x[:n], digits.train_y[:n], digits.test_x[:n],
+                      digits.test_y[:n], num_classes=10, name="digits")
+    torch.manual_seed(0)
+    models = [resnet18(width=2, num_classes=10, in_channels=1) for _ in range(3)]
+    problem = ImageClassificationLandscape({}, small)
+    measured = []
+    point_metrics = problem.point_metrics
+    problem.point_metrics = lambda model: measured.append(1) or point_metrics(model)
+    pairs = [(0, 1), (0, 2), (1, 2)]
+
+    def curves(end_values):
+        measured.clear()
+        out = [bezier_mode_connectivity(models[i], models[j], problem, steps=2, batch_size=64,
+                                        n_eval_points=3, seed=k, end_values=end_values)
+               for k, (i, j) in enumerate(pairs)]
+        return out, len(measured)
+
+    alone, alone_count = curves(None)
+    shared, shared_count = curves(EndValues())
+    assert (alone_count, shared_count) == (9, 6)
+    for a, b in zip(alone, shared):
+        assert a.curves == b.curves and a.mc == b.mc
 
 
 def test_mode_connectivity_needs_one_architecture(digits):

@@ -584,17 +584,19 @@ def cka_annotation(networks: list[torch.nn.Module], model: ModelRecord, data: An
 def mode_connectivity_annotation(networks: list[torch.nn.Module], model: ModelRecord,
                                  data: Any, job: GridPointJob) -> dict[str, Any]:
     """Bezier mode connectivity, averaged over all seed pairs of the grid point."""
-    from zoo_builder.annotating.landscape.mode_connectivity import bezier_mode_connectivity
+    from zoo_builder.annotating.landscape.mode_connectivity import (EndValues,
+                                                                    bezier_mode_connectivity)
 
     settings = job.settings
     problem = landscape_problem(model, data, job)
     pair_metrics = []
+    ends = EndValues()  # each seed is the end of several curves: measured once
     for index, (a, b) in enumerate(itertools.combinations(networks, 2)):
         result = bezier_mode_connectivity(
             a, b, problem, steps=settings.mc_steps, lr=settings.mc_lr,
             momentum=0.9, weight_decay=5e-4, batch_size=settings.mc_batch_size,
             n_eval_points=settings.mc_eval_points, seed=settings.seed + index,
-            device=job.device)
+            device=job.device, end_values=ends)
         pair_metrics.append(result.to_metrics())
     values: dict[str, Any] = {key: sum(p[key] for p in pair_metrics) / len(pair_metrics)
                               for key in pair_metrics[0]}

@@ -266,6 +266,25 @@ class _CurvePoint(nn.Module):
         return functional_call(self.net, self.weights, args)
 
 
+class EndValues:
+    """The measurements of curve ends, by model (the model object itself, not its weights'
+    values: a model must not be modified while its entry is in use), shared by the curves of
+    one grid point."""
+
+    def __init__(self) -> None:
+        self._values: dict[int, tuple[nn.Module, dict[str, float]]] = {}
+
+    def __contains__(self, model: nn.Module) -> bool:
+        return id(model) in self._values
+
+    def __getitem__(self, model: nn.Module) -> dict[str, float]:
+        return dict(self._values[id(model)][1])
+
+    def __setitem__(self, model: nn.Module, values: dict[str, float]) -> None:
+        # the model is kept so that its id cannot be reused by another object meanwhile
+        self._values[id(model)] = (model, dict(values))
+
+
 def bezier_mode_connectivity(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -280,6 +299,7 @@ def bezier_mode_connectivity(
     augment: Augmentation | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    end_values: EndValues | None = None,
 ) -> ModeConnectivityResult:
     """Train a Bezier curve between two models and measure mc of every quantity the problem
     judges a point by (for classifiers: train/test error and loss).
@@ -293,6 +313,11 @@ def bezier_mode_connectivity(
     ``ImageData`` only) applies to curve training only; ``seed`` fixes the shuffling, the t of
     each mini-batch and the augmentation. The models are not modified. Buffers other than
     BatchNorm running statistics (which are recomputed at every point) come from ``model_a``.
+
+    The measurements at the ends depend on the end's weights alone (statistics recomputed on
+    the fixed training data, deterministic evaluation), so the curves of one grid point's
+    seed pairs share them: with ``end_values`` (one :class:`EndValues` per grid point,
+    passed to every pair) each model's end is measured once, not once per pair.
     """
     problem = (data if isinstance(data, LandscapeProblem)
                else ImageClassificationLandscape({}, data.to(device), augment=augment,
@@ -323,7 +348,10 @@ def bezier_mode_connectivity(
     for t in ts:
         # The ends are the models' own weights, whatever happened to the middle.
         weights = start if t == 0.0 else end if t == 1.0 else bezier_point(start, middle, end, t)
-        if not all(torch.isfinite(w).all() for w in weights.values()):
+        end_model = model_a if t == 0.0 else model_b if t == 1.0 else None
+        if end_model is not None and end_values is not None and end_model in end_values:
+            values = end_values[end_model]
+        elif not all(torch.isfinite(w).all() for w in weights.values()):
             # A diverged middle: NaN, not the error of whatever class NaN logits argmax to.
             values = {quantity: float("nan") for quantity in curves}
         else:
@@ -332,6 +360,8 @@ def bezier_mode_connectivity(
                     parameter.copy_(weights[name])
             problem.prepare_point(net, batch_size)
             values = problem.point_metrics(net.eval())
+            if end_model is not None and end_values is not None:
+                end_values[end_model] = values
         for quantity in curves:
             curves[quantity].append(values[quantity])
     return ModeConnectivityResult(
