@@ -460,6 +460,40 @@ def test_stage_folders_of_killed_runs_are_removed_by_the_next_run(tmp_path):
     assert sorted(p.name for p in base.iterdir()) == ["run-fresh"]
 
 
+def test_runs_that_start_together_sweep_the_same_abandoned_stage_without_failing(tmp_path,
+                                                                                monkeypatch):
+    """Two runs started at once both sweep a killed run's stage: the one that holds its lock
+    removes it, the other skips it, and a folder that vanishes mid-sweep is no error."""
+    import wslbench.isolation as isolation
+    from wslbench.isolation import CheckpointStage, remove_abandoned_stages
+
+    base = tmp_path / "stage"
+    abandoned = CheckpointStage(base)
+    folder = abandoned.folder
+    (folder / "model-a").mkdir()
+    (folder / "model-a" / "model.safetensors").write_bytes(b"x")
+    abandoned._lock.close()  # as if killed: the lock file stays, nobody holds it
+    hour_ago = time.time() - 3700
+    os.utime(folder, (hour_ago, hour_ago))
+
+    with open(CheckpointStage.lock_path(folder)) as other_sweep:  # the other run, removing it
+        import fcntl
+        fcntl.flock(other_sweep, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert remove_abandoned_stages(base) == [] and folder.exists()
+
+    real_walk = os.walk
+
+    def walk_while_another_run_removes(top):  # the other sweep deletes a listed subfolder
+        for path, dirs, files in real_walk(top):
+            if path.endswith("model-a"):
+                isolation.shutil.rmtree(path)
+            yield path, dirs, files
+
+    monkeypatch.setattr(isolation.os, "walk", walk_while_another_run_removes)
+    assert remove_abandoned_stages(base) == [folder] and not folder.exists()
+    assert remove_abandoned_stages(base) == []
+
+
 # --------------------------------------------------------------------------- bad zoos, named
 
 

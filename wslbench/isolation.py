@@ -181,8 +181,35 @@ class CheckpointStage:
 
 def _remove_stage_folder(folder: Path) -> None:
     for path, dirs, files in os.walk(folder):  # read-only files may be in folders
-        os.chmod(path, stat.S_IRWXU)             # made read-only too
+        try:                                     # made read-only too
+            os.chmod(path, stat.S_IRWXU)
+        except FileNotFoundError:  # removed meanwhile by another run's sweep
+            pass
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_if_abandoned(folder: Path, keep: Path | None) -> bool:
+    """Remove ``folder`` if its run is gone (see :func:`remove_abandoned_stages`). The lock
+    is held while the folder is removed, so that runs starting together, which sweep the
+    same folders, do not remove one folder at once."""
+    if folder == keep or not folder.is_dir() or time.time() - folder.stat().st_mtime < 60:
+        return False
+    lock_path = CheckpointStage.lock_path(folder)
+    if not lock_path.exists():
+        if time.time() - folder.stat().st_mtime < 3600:
+            return False  # maybe a stage between mkdtemp and its lock
+        _remove_stage_folder(folder)
+        return True
+    with open(lock_path) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a run in progress, or another sweep removing it
+            return False
+        if not folder.is_dir():
+            return False  # removed by a sweep that held the lock before us
+        _remove_stage_folder(folder)
+        lock_path.unlink(missing_ok=True)
+    return True
 
 
 def remove_abandoned_stages(base: Path, keep: Path | None = None) -> list[Path]:
@@ -193,20 +220,11 @@ def remove_abandoned_stages(base: Path, keep: Path | None = None) -> list[Path]:
     removed."""
     removed = []
     for folder in base.glob("run-*"):
-        if folder == keep or not folder.is_dir() or time.time() - folder.stat().st_mtime < 60:
+        try:
+            if _remove_if_abandoned(folder, keep):
+                removed.append(folder)
+        except FileNotFoundError:  # another run's sweep removed it first
             continue
-        lock_path = CheckpointStage.lock_path(folder)
-        if lock_path.exists():
-            try:
-                with open(lock_path) as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # held: a run in progress
-                continue
-        elif time.time() - folder.stat().st_mtime < 3600:
-            continue  # maybe a stage between mkdtemp and its lock
-        _remove_stage_folder(folder)
-        lock_path.unlink(missing_ok=True)
-        removed.append(folder)
     if removed:
         log.info("removed %d stage folder(s) of runs that were killed, under %s",
                  len(removed), base)
