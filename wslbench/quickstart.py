@@ -26,7 +26,7 @@ QUICKSTART_RELEASE, QUICKSTART_MODEL, QUICKSTART_SPLIT = (
     "digits-resnet18-bench", "linear-probe", "iid")
 #: Wall minutes of ``wslbench quickstart`` on the 2-core reference machine, per release
 #: version (``name@vN``); a release without a measurement is announced as not measured.
-MEASURED_MINUTES: dict[str, float] = {"digits-resnet18-bench@v1": 1.0}  # 62 s, fresh clone and cache
+MEASURED_MINUTES: dict[str, float] = {"digits-resnet18-bench@v1": 1.0}  # 58 s, fresh clone and cache
 
 QUICKSTART_SPEC, REBUILD_PRESETS = "digits-resnet18", ("mini", "bench")
 #: What is known of each rebuild's cost, said before it starts (README, "Set up and run").
