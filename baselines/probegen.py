@@ -22,9 +22,13 @@ Probes per architecture (``model_args["type"]``):
   generator's output) times the model's own token embedding, so that one probe fits models
   of every width; outputs: the log-probabilities of the next token at each position.
 
-Every probe's output vector is mapped by ``asinh`` (logits of diverged models reach 1e20)
-and, if longer than ``max_output_dim``, projected to that many dims by a fixed random matrix
-(GPT-2's vocabulary). Models whose weights are not finite are run without gradient, and their
+Every probe's output vector (for GPT-2 the log-probabilities centred over the vocabulary) is
+mapped by ``asinh`` (logits of diverged models reach 1e20) and, if longer than
+``max_output_dim``, projected to that many dims by a fixed random matrix (GPT-2's
+vocabulary). The head first standardizes each feature by its mean and spread over the
+training models at the initial probes (:class:`Standardize`): GPT-2's log-probs share a large
+negative offset, and on them the head's ReLUs died and it predicted a constant for every
+shakespeare model. Models whose weights are not finite are run without gradient, and their
 non-finite outputs become 0. Regression targets are standardized (MSE), labels use
 cross-entropy; Adam, early stopping on the validation loss, best state kept. Seeded: a seed
 gives the same predictions on the CPU.
@@ -121,6 +125,28 @@ def _gpt_on_soft_tokens(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return F.linear(model.norm(x), model.token_embedding.weight).log_softmax(dim=-1)
 
 
+class Standardize(nn.Module):
+    """A fixed per-feature standardization (buffers, not trained): the probe outputs' mean and
+    spread over the training models, with the initial probes. Output features differ in scale
+    by orders of magnitude (GPT-2's log-probs share a large negative offset); unstandardized,
+    the head's ReLUs died on them and it predicted a constant."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("scale", torch.ones(features))
+
+    def set(self, outputs: torch.Tensor) -> None:
+        spread = outputs.std(0)
+        # a feature (nearly) constant on the training models is centred, not blown up
+        floor = max(float(spread.mean()) * 1e-2, 1e-8)
+        self.mean.copy_(outputs.mean(0))
+        self.scale.copy_(spread.clamp(min=floor))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.scale
+
+
 class ZooModel(NamedTuple):
     module: nn.Module
     finite: bool  # all weights finite: gradients through it are safe
@@ -204,7 +230,11 @@ class ProbeGen(Predictor):
         space = self.generator.space
         with torch.set_grad_enabled(torch.is_grad_enabled() and model.finite):
             if space.kind == "tokens":
+                # log-probs minus their mean over the vocabulary: the centred logits. Raw
+                # log-probs share a large negative offset (-log vocab and below) that swamps
+                # the differences between models and kills the head's ReLUs
                 out = _gpt_on_soft_tokens(model.module, probes)
+                out = out - out.mean(dim=-1, keepdim=True)
             else:
                 out = model.module(probes)
         out = torch.asinh(torch.nan_to_num(out.reshape(len(probes), -1), nan=0.0, posinf=1e30,
@@ -228,15 +258,17 @@ class ProbeGen(Predictor):
                 self.projection = (torch.randn(width, config.max_output_dim)
                                    / math.sqrt(config.max_output_dim))
                 width = config.max_output_dim
-            self.head = nn.Sequential(nn.Linear(config.probes * width, config.head_hidden),
+            self.head = nn.Sequential(Standardize(config.probes * width),
+                                      nn.Linear(config.probes * width, config.head_hidden),
                                       nn.ReLU(), nn.Linear(config.head_hidden, out_dim))
 
     # ------------------------------------------------------------------ fit and predict
 
     def fit(self, train: Sequence[ModelSample], train_targets: np.ndarray,
             val: Sequence[ModelSample], val_targets: np.ndarray) -> None:
-        if len(train) == 0:
-            raise ValueError("ProbeGen.fit() got no training models")
+        if len(train) < 2:
+            raise ValueError(f"ProbeGen.fit() needs at least 2 training models (it standardizes "
+                             f"their outputs), got {len(train)}")
         with _cpu_settings(self.config.num_threads):
             self._fit(train, train_targets, val, val_targets)
 
@@ -252,6 +284,8 @@ class ProbeGen(Predictor):
         y_train, y_val = targets.encode(train_targets), targets.encode(val_targets)
         usable_val = len(val_models) > 0 and targets.any_known(y_val)
         self._init_networks(space, train_models[0], targets.out_dim)
+        with torch.no_grad():
+            self.head[0].set(self._outputs(train_models, self.generator()))
         trained = nn.ModuleList([self.generator, self.head])
         optimizer = torch.optim.AdamW(trained.parameters(), lr=config.learning_rate,
                                       weight_decay=config.weight_decay)

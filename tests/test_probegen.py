@@ -133,3 +133,28 @@ def test_needs_the_architecture_and_one_input_space():
     other = random_zoo(1)
     with pytest.raises(NotApplicableError, match="one input space"):
         ProbeGen().fit(models[:2] + other, np.arange(3.0), [], np.empty(0))
+
+
+def test_gpt_zoo_prediction_follows_the_models_confidence():
+    """Regression test: raw log-probs share a large negative offset, and the head's ReLUs died
+    on them (constant predictions on the shakespeare zoo; here the spread of the predictions
+    was 0.0002). The target is the scale of the output logits: four random GPTs of two widths,
+    each with its tied token embedding times a random factor, which the probes read directly."""
+    generator = torch.Generator().manual_seed(1)
+    models, targets = [], []
+    for index in range(40):
+        args = {**GPT, "model_dim": (6, 9)[index % 2]}
+        scale = float(torch.rand((), generator=generator)) * 3 + 0.5
+        state = random_model(args, seed=index % 4).state_dict()
+        state["token_embedding.weight"] = state["token_embedding.weight"] * scale
+        models.append(ModelSample(f"gpt{index}", 0, args, None, lambda s=state: s))
+        targets.append(scale)
+    predicted, truth = split_fit(ProbeGen(seed=0, config=FAST), models, np.array(targets))
+    assert np.std(predicted) > 0.1 * np.std(truth)
+    assert r2(predicted, truth) > 0.5
+
+
+def test_one_training_model_is_a_clear_error():
+    models, targets = pinn_zoo(3)
+    with pytest.raises(ValueError, match="at least 2 training models"):
+        ProbeGen().fit(models[:1], targets[:1], models[1:], targets[1:])
