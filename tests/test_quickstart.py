@@ -162,6 +162,6 @@ def test_rebuild_announces_and_builds_in_the_cache(tmp_path, monkeypatch, capsys
     assert calls == [("mini", str(tmp_path), 3)]
     assert out.startswith(f"Building the digits-resnet18 zoo, preset mini (75 models), in "
                           f"{tmp_path / 'zoos' / 'digits-resnet18-mini'}")
-    assert "This takes long: the mini preset measured 38.6 CPU-minutes" in out
+    assert "This takes long: the mini preset measured 90 CPU-minutes" in out
     assert quickstart.announce_rebuild("bench").startswith(
         "Building the digits-resnet18 zoo, preset bench (192 models)")

@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "annotates a digits zoo first (long)")
     qs.add_argument("--rebuild", action="store_true",
                     help="build and annotate a digits-resnet18 zoo from scratch, then evaluate "
-                         "on it (long: the mini preset measured 38.6 CPU-minutes, see README)")
+                         "on it (long: the mini preset measured 90 CPU-minutes, see README)")
     qs.add_argument("--preset", choices=REBUILD_PRESETS,
                     help="with --rebuild: the zoo's preset (default: mini)")
     qs.add_argument("--workers", type=int,

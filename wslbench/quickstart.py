@@ -31,18 +31,17 @@ MEASURED_MINUTES: dict[str, float] = {"digits-resnet18-bench@v1": 1.0}  # 58 s, 
 QUICKSTART_SPEC, REBUILD_PRESETS = "digits-resnet18", ("mini", "bench")
 #: What is known of each rebuild's cost, said before it starts (README, "Set up and run").
 REBUILD_COST = {
-    "mini": "the mini preset measured 38.6 CPU-minutes from a fresh clone on the 2-core "
-            "reference machine (64 minutes wall on a loaded machine) with the old 70-step "
-            "curve budget; the 560-step curve budget adds roughly 20 CPU-minutes more "
-            "(estimated, not yet measured end to end)",
+    "mini": "the mini preset measured 90 CPU-minutes from an empty cache on the 2-core "
+            "reference machine (91 minutes wall with one worker: 11 building, 79 annotating; "
+            "2026-12-03)",
     "bench": "the bench preset has 192 models against mini's 75 and takes longer than mini's "
-             "38.6 CPU-minutes (not measured end to end)",
+             "90 CPU-minutes (not measured end to end)",
 }
 
 
 #: The end of every message that says the release is missing.
 REBUILD_HINT = ("or build and annotate a zoo from scratch with `wslbench quickstart --rebuild` "
-                "(long: the mini preset measured 38.6 CPU-minutes, see README)")
+                "(long: the mini preset measured 90 CPU-minutes, see README)")
 
 
 class ReleaseUnavailable(FileNotFoundError):
