@@ -127,9 +127,7 @@ def _gpt_on_soft_tokens(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 class Standardize(nn.Module):
     """A fixed per-feature standardization (buffers, not trained): the probe outputs' mean and
-    spread over the training models, with the initial probes. Output features differ in scale
-    by orders of magnitude (GPT-2's log-probs share a large negative offset); unstandardized,
-    the head's ReLUs died on them and it predicted a constant."""
+    spread over the training models, with the initial probes (see the module docstring)."""
 
     def __init__(self, features: int):
         super().__init__()
@@ -230,9 +228,7 @@ class ProbeGen(Predictor):
         space = self.generator.space
         with torch.set_grad_enabled(torch.is_grad_enabled() and model.finite):
             if space.kind == "tokens":
-                # log-probs minus their mean over the vocabulary: the centred logits. Raw
-                # log-probs share a large negative offset (-log vocab and below) that swamps
-                # the differences between models and kills the head's ReLUs
+                # centred over the vocabulary: the logits, without log-probs' common offset
                 out = _gpt_on_soft_tokens(model.module, probes)
                 out = out - out.mean(dim=-1, keepdim=True)
             else:
