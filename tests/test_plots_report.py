@@ -18,7 +18,7 @@ pytest.importorskip("matplotlib")
 
 from zoo_builder.reporting.plots import PANELS, phase_grid, plot_phase_diagrams  # noqa: E402
 
-PUBLISHED = Path(__file__).parent / "data" / "ptmz_cifar10_resnet18_final.csv"
+PUBLISHED = Path(__file__).parent / "data" / "ptmz_summary" / "cifar10_resnet18_final.csv"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

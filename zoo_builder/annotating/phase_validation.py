@@ -89,7 +89,7 @@ def read_published(directory: str | Path) -> list[PublishedZoo]:
     if not files:
         raise FileNotFoundError(
             f"no summary CSV in '{directory}'; pass the folder of the published PTMZ summaries "
-            "(e.g. ../shared/data/ptmz_summary)")
+            "(e.g. tests/data/ptmz_summary, a copy of the published final-epoch rows)")
     zoos = []
     for path in files:
         frame = load_summary(path)
@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m zoo_builder.annotating.phase_validation",
         description="leave-one-zoo-out check of the phase rules v2 on published PTMZ summaries")
     parser.add_argument("summaries", help="folder of published PTMZ summary CSVs, e.g. "
-                                          "../shared/data/ptmz_summary")
+                                          "tests/data/ptmz_summary")
     parser.add_argument("--csv", help="also write the per-zoo table as CSV here")
     args = parser.parse_args(argv)
     table, fits = leave_one_zoo_out(args.summaries)
